@@ -12,7 +12,7 @@ const run = (file, args) => execFileSync(file, args, { cwd: root, stdio: 'inheri
 rmSync(join(root, 'proto', 'generated'), { recursive: true, force: true });
 run(bin('proto-loader-gen-types'), [
   '--longs=Number', '--enums=String', '--defaults', '--oneofs', '--grpcLib=@grpc/grpc-js',
-  '--outDir=proto/generated', 'proto/ferry.proto', 'proto/launcher.proto',
+  '--includeDirs=proto', '--outDir=proto/generated', 'ferry.proto', 'launcher.proto', 'coordinator.proto',
 ]);
 run(bin('tsc'), ['-p', 'tsconfig.json']);
 

@@ -8,6 +8,8 @@ import { join } from 'node:path';
 export interface RuntimePaths {
   dir: string;
   socket: string;
+  /** gRPC control service for `ferry status`, `stats`, `stop`. */
+  control: string;
   log: string;
   /** Lines appended by the launcher for each compile it ran locally because no coordinator answered. */
   launcherFallbacks: string;
@@ -26,6 +28,7 @@ export function runtimePaths(env: NodeJS.ProcessEnv = process.env): RuntimePaths
   return {
     dir,
     socket: join(dir, 'coordinator.sock'),
+    control: join(dir, 'control.sock'),
     log: join(dir, 'coordinator.log'),
     launcherFallbacks: join(dir, 'launcher-fallbacks'),
     tunnels: join(dir, 'tunnels'),

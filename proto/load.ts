@@ -8,6 +8,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import * as protobuf from 'protobufjs';
 import type { ProtoGrpcType } from './generated/ferry';
+import type { ProtoGrpcType as CoordinatorProtoGrpcType } from './generated/coordinator';
 import type { LaunchRequest__Output } from './generated/ferry/launcher/v1/LaunchRequest';
 import type { LaunchReply } from './generated/ferry/launcher/v1/LaunchReply';
 
@@ -27,6 +28,7 @@ export const LOADER_OPTIONS: protoLoader.Options = {
 };
 
 let workerProto: ProtoGrpcType | undefined;
+let coordinatorProto: CoordinatorProtoGrpcType | undefined;
 
 export function loadWorkerProto(): ProtoGrpcType {
   if (!workerProto) {
@@ -34,6 +36,15 @@ export function loadWorkerProto(): ProtoGrpcType {
     workerProto = grpc.loadPackageDefinition(definition) as unknown as ProtoGrpcType;
   }
   return workerProto;
+}
+
+/** The control service of the coordinator (status, stats, stop). */
+export function loadCoordinatorProto(): CoordinatorProtoGrpcType {
+  if (!coordinatorProto) {
+    const definition = protoLoader.loadSync('coordinator.proto', { ...LOADER_OPTIONS, includeDirs: [protoDir()] });
+    coordinatorProto = grpc.loadPackageDefinition(definition) as unknown as CoordinatorProtoGrpcType;
+  }
+  return coordinatorProto;
 }
 
 export interface LauncherCodec {

@@ -1,0 +1,365 @@
+/**
+ * One pure decision over a compiler command line: distribute it, or run it locally with a named
+ * reason. Options are described once, in a declarative table (after sccache's gcc.rs): what each
+ * option is for decides whether it goes to the local preprocessor, to the remote compile, to both,
+ * or keeps the job local.
+ */
+import { basename, dirname, extname, join } from 'node:path';
+
+export type Language = 'C' | 'CXX' | 'OBJC' | 'OBJCXX';
+
+/** Why a job stays local; each is a statistic users see counted in `ferry stats`. */
+export type LocalReason =
+  | 'not-a-compile' // no -c or -S: linking, or only querying the compiler
+  | 'preprocess-only' // -E, -M, -MM
+  | 'no-source'
+  | 'multiple-sources'
+  | 'stdin-source'
+  | 'output-to-stdout'
+  | 'unsupported-language' // assembler, headers (precompiled headers), unknown extension
+  | 'unsupported-option'
+  | 'unsupported-compiler'
+  | 'configure-probe' // autoconf's conftest.c and CMake's compiler checks: tiny, and they probe this machine
+  | 'native-arch' // -march=native and friends describe this machine, not the remote one
+  | 'syntax-only';
+
+export interface RemotePlan {
+  /** The compiler as the user named it. */
+  compiler: string;
+  language: Language;
+  /** The source as named on the command line. */
+  source: string;
+  /** Already preprocessed (.i, .ii, -x cpp-output): sent as is. */
+  preprocessed: boolean;
+  /** What the compiler would write, as named (relative to the working directory or absolute). */
+  output: string;
+  outputKind: 'OBJECT' | 'ASSEMBLY';
+  /** Arguments for the local preprocessor, without -E, the source and any output. */
+  cppArgs: string[];
+  /** Arguments for the remote compile, without the source and -o. */
+  compileArgs: string[];
+}
+
+export type Classification =
+  | { decision: 'remote'; plan: RemotePlan }
+  | { decision: 'local'; reason: LocalReason; detail: string };
+
+/** Where an option goes. */
+type Route =
+  | 'cpp' // local preprocessor only (include paths, macros)
+  | 'deps' // dependency files, written by the local preprocessor
+  | 'both' // changes preprocessing and code generation alike (-O2 defines __OPTIMIZE__, -std, -f, -m, -W)
+  | 'mode' // -c, -S, -E: handled by the classifier
+  | 'output' // -o
+  | 'language' // -x
+  | 'drop' // meaningless for one compile (-pipe)
+  | 'local'; // keeps the job local
+
+type Arity =
+  | 'flag' // -c
+  | 'separate' // -include FILE: the value is always the next argument
+  | 'joined'; // -Ifoo or -I foo, -ofile or -o file: a prefix, the value joined or the next argument
+
+interface OptionRule {
+  /** Exact name, or prefix when `prefix` is set. */
+  name: string;
+  prefix?: boolean;
+  arity: Arity;
+  route: Route;
+  /** For route 'local': the reason to report. */
+  reason?: LocalReason;
+}
+
+const R = (name: string, arity: Arity, route: Route, extra: Partial<OptionRule> = {}): OptionRule => ({ name, arity, route, ...extra });
+const P = (name: string, arity: Arity, route: Route, extra: Partial<OptionRule> = {}): OptionRule => ({ name, arity, route, prefix: true, ...extra });
+const LOCAL = (name: string, prefix: boolean, reason: LocalReason = 'unsupported-option', arity: Arity = 'flag'): OptionRule => ({
+  name,
+  arity,
+  route: 'local',
+  prefix,
+  reason,
+});
+
+/**
+ * Ordered: the first rule that matches wins, so specific names come before the prefixes that
+ * would also match them. Options not listed go to both sides, as in distcc and ccache.
+ */
+const OPTIONS: OptionRule[] = [
+  // Mode and output.
+  R('-c', 'flag', 'mode'),
+  R('-S', 'flag', 'mode'),
+  R('-E', 'flag', 'mode'),
+  R('-M', 'flag', 'mode'),
+  R('-MM', 'flag', 'mode'),
+  P('-o', 'joined', 'output'),
+  P('-x', 'joined', 'language'),
+  R('-pipe', 'flag', 'drop'),
+  R('-fsyntax-only', 'flag', 'local', { reason: 'syntax-only' }),
+  // Dependency files: written on this machine by the preprocessor.
+  R('-MD', 'flag', 'deps'),
+  R('-MMD', 'flag', 'deps'),
+  R('-MP', 'flag', 'deps'),
+  R('-MG', 'flag', 'deps'),
+  P('-MF', 'joined', 'deps'),
+  P('-MT', 'joined', 'deps'),
+  P('-MQ', 'joined', 'deps'),
+  // Preprocessor only.
+  P('-I', 'joined', 'cpp'),
+  P('-D', 'joined', 'cpp'),
+  P('-U', 'joined', 'cpp'),
+  R('-include', 'separate', 'cpp'),
+  R('-imacros', 'separate', 'cpp'),
+  R('-iprefix', 'separate', 'cpp'),
+  R('-iwithprefix', 'separate', 'cpp'),
+  R('-iwithprefixbefore', 'separate', 'cpp'),
+  R('-isysroot', 'separate', 'cpp'),
+  P('-isystem', 'joined', 'cpp'),
+  P('-iquote', 'joined', 'cpp'),
+  P('-idirafter', 'joined', 'cpp'),
+  P('--sysroot=', 'joined', 'cpp'),
+  R('--sysroot', 'separate', 'cpp'),
+  R('-nostdinc', 'flag', 'cpp'),
+  R('-nostdinc++', 'flag', 'cpp'),
+  R('-undef', 'flag', 'cpp'),
+  R('-H', 'flag', 'cpp'),
+  R('-Xpreprocessor', 'separate', 'local'),
+  P('-Wp,', 'joined', 'local'),
+  // Options that load code, write extra files or describe this machine: local.
+  LOCAL('-fplugin', true),
+  LOCAL('-specs', true),
+  LOCAL('--specs', true),
+  LOCAL('-B', true),
+  LOCAL('-wrapper', false, 'unsupported-option', 'separate'),
+  LOCAL('-save-temps', true),
+  LOCAL('--coverage', false),
+  LOCAL('-fprofile-', true),
+  LOCAL('-ftest-coverage', false),
+  LOCAL('-fdump-', true),
+  LOCAL('-fcallgraph-info', true),
+  LOCAL('-fstack-usage', false),
+  LOCAL('-frecord-gcc-switches', false),
+  LOCAL('-fdirectives-only', false),
+  LOCAL('-gsplit-dwarf', false),
+  LOCAL('-g3', false),
+  LOCAL('-ggdb3', false),
+  LOCAL('-march=native', false, 'native-arch'),
+  LOCAL('-mtune=native', false, 'native-arch'),
+  LOCAL('-mcpu=native', false, 'native-arch'),
+  LOCAL('-aux-info', false, 'unsupported-option', 'separate'),
+  LOCAL('-dumpbase', false, 'unsupported-option', 'separate'),
+  LOCAL('-dumpdir', false, 'unsupported-option', 'separate'),
+  LOCAL('-Xassembler', false, 'unsupported-option', 'separate'),
+  LOCAL('-Xlinker', false, 'unsupported-option', 'separate'),
+  LOCAL('-Xclang', false, 'unsupported-option', 'separate'),
+  LOCAL('-Wa,', true),
+  LOCAL('-print-', true, 'not-a-compile'),
+  LOCAL('--version', false, 'not-a-compile'),
+  LOCAL('-v', false, 'not-a-compile'),
+  LOCAL('-###', false, 'not-a-compile'),
+  LOCAL('-dumpmachine', false, 'not-a-compile'),
+  LOCAL('-dumpversion', false, 'not-a-compile'),
+  LOCAL('-dumpfullversion', false, 'not-a-compile'),
+];
+
+function findRule(arg: string): OptionRule | undefined {
+  return OPTIONS.find((rule) => (rule.prefix ? arg.startsWith(rule.name) : arg === rule.name));
+}
+
+const EXTENSIONS: Record<string, { language: Language; preprocessed: boolean } | 'unsupported'> = {
+  '.c': { language: 'C', preprocessed: false },
+  '.i': { language: 'C', preprocessed: true },
+  '.cc': { language: 'CXX', preprocessed: false },
+  '.cp': { language: 'CXX', preprocessed: false },
+  '.cxx': { language: 'CXX', preprocessed: false },
+  '.cpp': { language: 'CXX', preprocessed: false },
+  '.CPP': { language: 'CXX', preprocessed: false },
+  '.c++': { language: 'CXX', preprocessed: false },
+  '.C': { language: 'CXX', preprocessed: false },
+  '.ii': { language: 'CXX', preprocessed: true },
+  '.m': { language: 'OBJC', preprocessed: false },
+  '.mi': { language: 'OBJC', preprocessed: true },
+  '.mm': { language: 'OBJCXX', preprocessed: false },
+  '.M': { language: 'OBJCXX', preprocessed: false },
+  '.mii': { language: 'OBJCXX', preprocessed: true },
+  '.s': 'unsupported',
+  '.S': 'unsupported',
+  '.sx': 'unsupported',
+  '.h': 'unsupported',
+  '.hh': 'unsupported',
+  '.hpp': 'unsupported',
+  '.hxx': 'unsupported',
+  '.H': 'unsupported',
+  '.gch': 'unsupported',
+};
+
+const X_LANGUAGES: Record<string, { language: Language; preprocessed: boolean }> = {
+  c: { language: 'C', preprocessed: false },
+  'cpp-output': { language: 'C', preprocessed: true },
+  'c++': { language: 'CXX', preprocessed: false },
+  'c++-cpp-output': { language: 'CXX', preprocessed: true },
+  'objective-c': { language: 'OBJC', preprocessed: false },
+  'objective-c-cpp-output': { language: 'OBJC', preprocessed: true },
+  'objective-c++': { language: 'OBJCXX', preprocessed: false },
+  'objective-c++-cpp-output': { language: 'OBJCXX', preprocessed: true },
+};
+
+/** gcc, g++, cc, c++ with an optional target prefix and version suffix. */
+const GCC_NAME = /^(?:[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*-)?(?:gcc|g\+\+|cc|c\+\+)(?:-\d+(?:\.\d+)*)?$/;
+
+export function isGccFamily(compiler: string): boolean {
+  return GCC_NAME.test(basename(compiler));
+}
+
+function isConfigureProbe(source: string): boolean {
+  const name = basename(source);
+  return (
+    /^conftest\.[A-Za-z+]+$/.test(name) ||
+    /(^|\/)CMakeFiles\/(CMakeScratch|CMakeTmp)\//.test(source) ||
+    /CMake(C|CXX|OBJC|OBJCXX)CompilerId\.[A-Za-z+]+$/.test(name) ||
+    /CMakeCCompilerABI\.c$|CMakeCXXCompilerABI\.cpp$/.test(name)
+  );
+}
+
+const local = (reason: LocalReason, detail: string): Classification => ({ decision: 'local', reason, detail });
+
+/** The output a compiler names by itself: the source's base name with .o (or .s), in the working directory. */
+export function impliedOutput(source: string, kind: 'OBJECT' | 'ASSEMBLY'): string {
+  const name = basename(source);
+  const ext = extname(name);
+  return (ext ? name.slice(0, -ext.length) : name) + (kind === 'OBJECT' ? '.o' : '.s');
+}
+
+/** gcc's name for the .d file of -MD/-MMD without -MF: the output with its suffix replaced by .d. */
+export function impliedDepFile(output: string): string {
+  const ext = extname(output);
+  return join(dirname(output), basename(output, ext) + '.d');
+}
+
+/**
+ * Decides for `argv` = [compiler, ...args] (response files already expanded).
+ */
+export function classify(argv: readonly string[]): Classification {
+  const [compiler, ...args] = argv;
+  if (!compiler) return local('not-a-compile', 'no compiler named');
+  if (!isGccFamily(compiler)) {
+    return local('unsupported-compiler', `${basename(compiler)} is not a gcc-family compiler Ferry distributes yet`);
+  }
+
+  let mode: '-c' | '-S' | undefined;
+  let output: string | undefined;
+  const sources: Array<{ path: string; language: Language; preprocessed: boolean }> = [];
+  let xLanguage: { language: Language; preprocessed: boolean } | undefined;
+  const cppArgs: string[] = [];
+  const compileArgs: string[] = [];
+  let depsRequested = false;
+  let depFileGiven = false;
+  let depTargetGiven = false;
+  // Objects and libraries (a link), assembler sources and headers: decided once the mode is known.
+  const linkerInputs: string[] = [];
+  const unsupportedInputs: string[] = [];
+
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === '-') return local('stdin-source', 'source read from standard input');
+    if (!arg.startsWith('-') || arg === '-') {
+      // An input file.
+      const kind = xLanguage ?? EXTENSIONS[extname(arg)];
+      if (kind === undefined) linkerInputs.push(arg);
+      else if (kind === 'unsupported') unsupportedInputs.push(arg);
+      else sources.push({ path: arg, ...kind });
+      continue;
+    }
+    const rule = findRule(arg);
+    let value: string | undefined;
+    let taken: string[] = [arg];
+    const separate = rule && (rule.arity === 'separate' || (rule.arity === 'joined' && arg === rule.name));
+    if (rule && separate) {
+      value = args[i + 1];
+      if (value === undefined) return local('unsupported-option', `${arg} needs a value`);
+      taken = [arg, value];
+      i++;
+    } else if (rule && rule.prefix) {
+      value = arg.slice(rule.name.length);
+    }
+    if (!rule) {
+      cppArgs.push(arg);
+      compileArgs.push(arg);
+      continue;
+    }
+    switch (rule.route) {
+      case 'mode':
+        if (arg === '-E') return local('preprocess-only', '-E');
+        if (arg === '-M' || arg === '-MM') return local('preprocess-only', `${arg} (dependencies only)`);
+        if (mode && mode !== arg) return local('unsupported-option', `both ${mode} and ${arg}`);
+        mode = arg as '-c' | '-S';
+        break;
+      case 'output':
+        if (output !== undefined) return local('unsupported-option', 'more than one -o');
+        output = value;
+        break;
+      case 'language': {
+        if (value === 'none') {
+          xLanguage = undefined;
+        } else {
+          const kind = X_LANGUAGES[value!];
+          if (!kind) return local('unsupported-language', `-x ${value}`);
+          xLanguage = kind;
+        }
+        cppArgs.push(...taken);
+        break;
+      }
+      case 'cpp':
+        cppArgs.push(...taken);
+        break;
+      case 'deps':
+        if (arg === '-MD' || arg === '-MMD') depsRequested = true;
+        if (arg.startsWith('-MF')) depFileGiven = true;
+        if (arg.startsWith('-MT') || arg.startsWith('-MQ')) depTargetGiven = true;
+        cppArgs.push(...taken);
+        break;
+      case 'both':
+        cppArgs.push(...taken);
+        compileArgs.push(...taken);
+        break;
+      case 'drop':
+        break;
+      case 'local':
+        return local(rule.reason ?? 'unsupported-option', arg);
+    }
+  }
+
+  if (!mode) return local('not-a-compile', 'no -c or -S: linking or a query');
+  if (unsupportedInputs.length > 0) {
+    return local('unsupported-language', `${unsupportedInputs[0]}: assembler sources and headers compile locally`);
+  }
+  if (linkerInputs.length > 0) return local('unsupported-language', `${linkerInputs[0]}: not a C or C++ source`);
+  if (sources.length === 0) return local('no-source', 'no source file');
+  if (sources.length > 1) return local('multiple-sources', `${sources.length} source files`);
+  const [source] = sources;
+  if (output === '-') return local('output-to-stdout', '-o -');
+  if (output === '/dev/null') return local('output-to-stdout', '-o /dev/null');
+  if (isConfigureProbe(source.path)) return local('configure-probe', basename(source.path));
+
+  const outputKind = mode === '-c' ? 'OBJECT' : 'ASSEMBLY';
+  const finalOutput = output ?? impliedOutput(source.path, outputKind);
+  // The preprocessor writes the .d file; with -E it would name it and its target after the
+  // preprocessed output, so both are made explicit as the compile would have made them.
+  if (depsRequested && !source.preprocessed) {
+    if (!depFileGiven) cppArgs.push('-MF', impliedDepFile(finalOutput));
+    if (!depTargetGiven) cppArgs.push('-MQ', finalOutput);
+  }
+  compileArgs.push(mode);
+  return {
+    decision: 'remote',
+    plan: {
+      compiler,
+      language: source.language,
+      source: source.path,
+      preprocessed: source.preprocessed,
+      output: finalOutput,
+      outputKind,
+      cppArgs,
+      compileArgs,
+    },
+  };
+}

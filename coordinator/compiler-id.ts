@@ -1,0 +1,71 @@
+/**
+ * Which compiler a job names on this machine, and who it is (`--version`, `-dumpmachine`): a job
+ * goes only to hosts whose compiler of the same name says the same.
+ */
+import { execFile } from 'node:child_process';
+import { statSync } from 'node:fs';
+import { basename, delimiter, isAbsolute, join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { FerryError } from '../proto/errors';
+
+const execFileAsync = promisify(execFile);
+
+export interface LocalCompiler {
+  /** The name workers know it by: the basename of what the user named ("gcc", "g++-12"). */
+  name: string;
+  path: string;
+  version: string;
+  target: string;
+}
+
+/** The launcher binary: a masquerade symlink named gcc must not be mistaken for gcc. */
+const LAUNCHER = join(__dirname, '..', 'bin', 'ferry');
+
+function sameFile(a: { dev: number; ino: number }, b: { dev: number; ino: number } | undefined): boolean {
+  return !!b && a.dev === b.dev && a.ino === b.ino;
+}
+
+function statOrUndefined(path: string) {
+  try {
+    return statSync(path);
+  } catch {
+    return undefined; // Missing candidates are expected while searching PATH.
+  }
+}
+
+/** Finds `named` as a shell would, skipping the Ferry launcher itself. */
+export function resolveCompilerPath(named: string, cwd: string, pathVar: string): string | undefined {
+  if (named.includes('/')) return isAbsolute(named) ? named : resolve(cwd, named);
+  const launcher = statOrUndefined(LAUNCHER);
+  for (const dir of pathVar.split(delimiter)) {
+    if (!dir) continue;
+    const candidate = resolve(cwd, dir, named);
+    const info = statOrUndefined(candidate);
+    if (info && info.isFile() && info.mode & 0o111 && !sameFile(info, launcher)) return candidate;
+  }
+  return undefined;
+}
+
+const cache = new Map<string, Promise<LocalCompiler>>();
+
+/** Identifies the compiler; answers are cached per file version (path, size, mtime). */
+export function identifyCompiler(named: string, cwd: string, pathVar: string): Promise<LocalCompiler> {
+  const path = resolveCompilerPath(named, cwd, pathVar);
+  if (!path) {
+    return Promise.reject(new FerryError('compiler-not-found', `compiler "${named}" not found on PATH`, 'Check the compiler name and PATH.'));
+  }
+  const info = statSync(path);
+  const key = `${path}\0${info.size}\0${info.mtimeMs}`;
+  let entry = cache.get(key);
+  if (!entry) {
+    entry = (async () => {
+      const probe = async (args: string[]) =>
+        (await execFileAsync(path, args, { timeout: 10_000, env: { PATH: pathVar, LC_ALL: 'C' } })).stdout.split('\n')[0].trim();
+      const [version, target] = await Promise.all([probe(['--version']), probe(['-dumpmachine'])]);
+      return { name: basename(named), path, version, target };
+    })();
+    entry.catch(() => cache.delete(key));
+    cache.set(key, entry);
+  }
+  return entry;
+}

@@ -1,0 +1,198 @@
+/**
+ * One remote host: its SSH connection, the tunnel to its worker, the gRPC client through that
+ * tunnel, and what the worker said about itself. A host that fails is marked down and tried again
+ * after a backoff; jobs meanwhile go elsewhere.
+ */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import type { Client } from 'ssh2';
+import { FerryError, errorMessage } from '../proto/errors';
+import { loadWorkerProto } from '../proto/load';
+import type { WorkerClient } from '../proto/generated/ferry/v1/Worker';
+import type { WorkerDescription__Output } from '../proto/generated/ferry/v1/WorkerDescription';
+import type { CompilerInfo__Output } from '../proto/generated/ferry/v1/CompilerInfo';
+import type { LocalCompiler } from './compiler-id';
+import type { HostSpec } from './hosts';
+import { resolveSshTarget } from './ssh-config';
+import { connectSsh } from './ssh-connection';
+import { openTunnel, type Tunnel } from './tunnel';
+
+export type HostState = 'new' | 'connecting' | 'up' | 'down';
+
+export interface HostContext {
+  env: NodeJS.ProcessEnv;
+  tunnelDir: string;
+  log: (line: string) => void;
+}
+
+const FIRST_BACKOFF_MS = 1000;
+const MAX_BACKOFF_MS = 60_000;
+const DESCRIBE_DEADLINE_MS = 15_000;
+
+/** Channel options: the tunnel is a local socket, so no DNS, and keep the one connection busy. */
+const CHANNEL_OPTIONS: grpc.ChannelOptions = {
+  'grpc.max_receive_message_length': 64 << 20,
+  'grpc.max_send_message_length': 64 << 20,
+  'grpc.enable_retries': 0,
+  'grpc.keepalive_time_ms': 30_000,
+  'grpc.keepalive_timeout_ms': 20_000,
+};
+
+/** Compilers match when the name, the first line of --version and the target all agree. */
+export function compilerMatches(local: LocalCompiler, remote: CompilerInfo__Output | undefined): boolean {
+  return !!remote && remote.version === local.version && remote.target === local.target;
+}
+
+export class Host {
+  state: HostState = 'new';
+  lastError?: string;
+  description?: WorkerDescription__Output;
+  client?: WorkerClient;
+  inUse = 0;
+  jobsDone = 0;
+  failures = 0;
+  private retryAt = 0;
+  private backoffMs = FIRST_BACKOFF_MS;
+  private connecting?: Promise<void>;
+  private ssh?: Client;
+  private tunnel?: Tunnel;
+  private closed = false;
+
+  /** `onChange` runs when the host goes up or down, so queued jobs can be placed or failed. */
+  constructor(
+    readonly spec: HostSpec,
+    private readonly context: HostContext,
+    private readonly onChange: () => void = () => undefined,
+  ) {}
+
+  /** Connected; the scheduler places jobs only on usable hosts. */
+  get usable(): boolean {
+    return this.state === 'up';
+  }
+
+  get name(): string {
+    return this.spec.name;
+  }
+
+  /** Slots the coordinator fills: the user's /N, else what the worker advertises. */
+  get slots(): number {
+    return this.spec.slots ?? this.description?.slots ?? 1;
+  }
+
+  remoteCompiler(name: string): CompilerInfo__Output | undefined {
+    return this.description?.compilers.find((c) => c.name === name);
+  }
+
+  /** Resolves when the host is up; rejects at once while it is down and waiting for its retry. */
+  ensureUp(): Promise<void> {
+    if (this.state === 'up') return Promise.resolve();
+    if (this.connecting) return this.connecting;
+    if (this.state === 'down' && Date.now() < this.retryAt) {
+      return Promise.reject(new FerryError('host-down', `${this.name} is down: ${this.lastError}`));
+    }
+    this.state = 'connecting';
+    this.connecting = this.connect().then(
+      () => {
+        this.connecting = undefined;
+        this.state = 'up';
+        this.backoffMs = FIRST_BACKOFF_MS;
+        this.lastError = undefined;
+        const compilers = this.description?.compilers.map((c) => c.name).join(', ');
+        this.context.log(`${this.name}: up, worker ${this.description?.version} with ${this.slots} slots (${compilers})`);
+        this.onChange();
+      },
+      (err: unknown) => {
+        this.connecting = undefined;
+        this.markDown(err);
+        throw err;
+      },
+    );
+    return this.connecting;
+  }
+
+  /** The host failed (connection, tunnel, or worker): drop everything and retry later. */
+  markDown(err: unknown): void {
+    if (this.closed || this.state === 'down') return;
+    const message = errorMessage(err).replace(/\n\s*/g, ' ');
+    this.context.log(`${this.name}: down: ${message}`);
+    this.state = 'down';
+    this.lastError = message;
+    this.retryAt = Date.now() + this.backoffMs;
+    this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
+    this.teardown();
+    this.onChange();
+  }
+
+  close(): void {
+    this.closed = true;
+    this.teardown();
+  }
+
+  private teardown(): void {
+    this.client?.close();
+    this.client = undefined;
+    const tunnel = this.tunnel;
+    this.tunnel = undefined;
+    tunnel?.close().catch((err: unknown) => this.context.log(`${this.name}: closing tunnel: ${errorMessage(err)}`));
+    this.ssh?.end();
+    this.ssh = undefined;
+  }
+
+  private async connect(): Promise<void> {
+    const proto = loadWorkerProto();
+    let target: string;
+    if (this.spec.kind === 'direct') {
+      target = `unix://${(this.spec.worker as { path: string }).path}`;
+    } else {
+      const sshTarget = await resolveSshTarget(this.spec.alias!, this.context.env, { user: this.spec.user, port: this.spec.sshPort });
+      const ssh = await connectSsh(sshTarget, { agentSocket: this.context.env.SSH_AUTH_SOCK, keepaliveIntervalMs: 15_000 });
+      if (this.closed) {
+        ssh.end();
+        throw new FerryError('host-closed', `${this.name} was removed while connecting`);
+      }
+      this.ssh = ssh;
+      // Events of a connection already replaced or torn down are not about this host any more.
+      ssh.on('close', () => {
+        if (this.ssh === ssh) this.markDown(new FerryError('ssh-closed', `SSH connection to ${this.name} closed`));
+      });
+      ssh.on('error', (err) => {
+        if (this.ssh === ssh) this.markDown(err);
+      });
+      await mkdir(this.context.tunnelDir, { recursive: true, mode: 0o700 });
+      const socketName = this.spec.name.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 40);
+      const destination =
+        this.spec.worker.kind === 'tcp'
+          ? ({ kind: 'tcp', host: '127.0.0.1', port: this.spec.worker.port } as const)
+          : ({ kind: 'unix', path: this.spec.worker.path } as const);
+      this.tunnel = await openTunnel(ssh, destination, join(this.context.tunnelDir, `${socketName}.sock`));
+      this.tunnel.on('error', (err) => this.context.log(`${this.name}: tunnel: ${errorMessage(err)}`));
+      target = `unix://${this.tunnel.path}`;
+    }
+    this.client = new proto.ferry.v1.Worker(target, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+    this.description = await this.describe();
+  }
+
+  describe(): Promise<WorkerDescription__Output> {
+    const client = this.client;
+    if (!client) return Promise.reject(new FerryError('host-down', `${this.name} is not connected`));
+    return new Promise((resolve, reject) =>
+      client.Describe({}, { deadline: Date.now() + DESCRIBE_DEADLINE_MS }, (err, reply) => {
+        if (err || !reply) {
+          const where = this.spec.kind === 'direct' ? (this.spec.worker as { path: string }).path : `${this.spec.alias}'s worker`;
+          reject(
+            new FerryError(
+              'worker-unreachable',
+              `${this.name}: no worker answered at ${where}: ${err?.details || err?.message}`,
+              this.spec.kind === 'direct'
+                ? 'Start ferry-worker with --listen unix:<that path>.'
+                : `Is ferry-worker running on ${this.spec.alias} (systemctl status ferry-worker)? FERRY_HOSTS names its port with ,port=N or its socket with ,socket=/path.`,
+            ),
+          );
+        } else {
+          resolve(reply);
+        }
+      }),
+    );
+  }
+}

@@ -1,0 +1,218 @@
+/**
+ * One compile handed over by the launcher, from its command line to the reply: classify, pick
+ * hosts, preprocess here, compile there, write the outputs. Every way of ending up local is
+ * counted by reason; the ones the user did not choose are also told once per build.
+ */
+import { randomBytes } from 'node:crypto';
+import { resolve } from 'node:path';
+import { errorMessage } from '../proto/errors';
+import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchReply';
+import type { LaunchRequest__Output } from '../proto/generated/ferry/launcher/v1/LaunchRequest';
+import type { JobRecord } from '../proto/generated/ferry/coordinator/v1/JobRecord';
+import type { Slots } from '../worker/slots';
+import { classify, type RemotePlan } from './classify';
+import { identifyCompiler, type LocalCompiler } from './compiler-id';
+import { compilerMatches, type Host } from './host';
+import { removeOutput, writeAtomically } from './object-writer';
+import type { HostPool } from './pool';
+import { hostsText } from './pool';
+import { preprocess, remoteCompileArgs } from './preprocess';
+import { compileRemotely, RemoteFailure, type RemoteOutcome } from './remote-compile';
+import type { Scheduler } from './scheduler';
+import type { Notices } from './notices';
+import type { StatsStore } from './stats';
+
+export const LAUNCHER_PROTOCOL = 1;
+/** A job that goes wrong on one host is tried on one more before it compiles locally. */
+const REMOTE_ATTEMPTS = 2;
+const REMOTE_DEADLINE_MS = 30 * 60_000;
+/** Environment the remote compiler gets: message language and colours, nothing that changes code. */
+const REMOTE_ENV = /^(LANG|LANGUAGE|LC_[A-Z]+|GCC_COLORS|GCC_URLS|TERM_URLS)$/;
+
+export interface JobContext {
+  pool: HostPool;
+  scheduler: Scheduler<Host>;
+  /** Preprocessors running at once on this machine. */
+  cppSlots: Slots;
+  stats: StatsStore;
+  notices: Notices;
+  log: (line: string) => void;
+  record: (job: JobRecord) => void;
+}
+
+export function envFromList(list: readonly string[]): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const entry of list) {
+    const eq = entry.indexOf('=');
+    if (eq > 0) env[entry.slice(0, eq)] = entry.slice(eq + 1);
+  }
+  return env;
+}
+
+function done(exitCode: number, stdout: Buffer, stderr: Buffer): LaunchReply {
+  return { action: 'DONE', exitCode, stdout, stderr };
+}
+
+export async function runJob(request: LaunchRequest__Output, context: JobContext, signal: AbortSignal): Promise<LaunchReply> {
+  const started = Date.now();
+  const source = request.argv.slice(1).find((a) => !a.startsWith('-')) ?? '';
+  const finish = (where: string, reason: string, exitCode: number) =>
+    context.record({ source, where, reason, exitCode, millis: Date.now() - started, finished: new Date().toISOString() });
+
+  /** Run locally; `notice` is said once per build when the user did not ask for this. */
+  const runLocally = (reason: string, detail: string, notice?: string): LaunchReply => {
+    context.stats.countLocal(reason);
+    finish('local', reason, 0);
+    const tell = notice !== undefined && context.notices.shouldTell(reason, request.sid);
+    if (notice !== undefined) context.log(`local (${reason}): ${source}: ${detail}`);
+    return { action: 'RUN_LOCALLY', notice: tell ? `ferry: ${notice}; compiling locally. Run 'ferry status' for details.` : '' };
+  };
+
+  if (request.protocol !== LAUNCHER_PROTOCOL) {
+    return runLocally('protocol-mismatch', `launcher protocol ${request.protocol}`, 'the ferry launcher and coordinator are different versions (run `ferry stop`)');
+  }
+  const decision = classify(request.argv);
+  if (decision.decision === 'local') return runLocally(decision.reason, decision.detail);
+  const plan = decision.plan;
+  const env = envFromList(request.env);
+
+  let text: string;
+  try {
+    text = hostsText(env);
+    context.pool.configure(text, env);
+  } catch (err) {
+    return runLocally('hosts-invalid', errorMessage(err), errorMessage(err));
+  }
+  if (!text) return runLocally('no-hosts', 'no hosts configured', 'no hosts configured (set FERRY_HOSTS="host1/8 host2/8")');
+
+  let compiler: LocalCompiler;
+  try {
+    compiler = await identifyCompiler(plan.compiler, request.cwd, env.PATH ?? '');
+  } catch (err) {
+    return runLocally('compiler-unknown', errorMessage(err), errorMessage(err));
+  }
+
+  // Hosts not yet connected (or due for a retry) are brought up; down ones answer at once.
+  await Promise.allSettled(context.pool.hosts.map((h) => h.ensureUp()));
+  const candidates = () => context.pool.hosts.filter((h) => compilerMatches(compiler, h.remoteCompiler(compiler.name)));
+  if (!candidates().some((h) => h.usable)) {
+    const up = context.pool.hosts.filter((h) => h.usable);
+    if (up.length > 0) {
+      const mismatch = `no host has ${compiler.name} "${compiler.version}" for ${compiler.target}`;
+      return runLocally('compiler-mismatch', mismatch, mismatch);
+    }
+    const why = context.pool.hosts.map((h) => `${h.name}: ${h.lastError ?? h.state}`).join('; ');
+    return runLocally('no-host-available', why, `no remote host is reachable (${why})`);
+  }
+
+  const outputPath = resolve(request.cwd, plan.output);
+  const releaseCpp = await context.cppSlots.acquire(signal);
+  let pre;
+  const cppStarted = Date.now();
+  try {
+    pre = await preprocess(compiler.path, plan, request.cwd, env, signal);
+  } finally {
+    releaseCpp();
+  }
+  const stats = context.stats.stats;
+  stats.time.preprocess += Date.now() - cppStarted;
+  if (pre.exitCode !== 0) {
+    stats.jobs.preprocessErrors++;
+    context.stats.changed();
+    await removeOutput(outputPath);
+    finish('local', 'preprocess-error', pre.exitCode);
+    return done(pre.exitCode, Buffer.alloc(0), pre.stderr);
+  }
+
+  const outcome = await compileOnSomeHost(plan, compiler, pre.source, env, context, signal);
+  if (!outcome.ok) return runLocally(outcome.reason, outcome.detail, outcome.detail);
+  const { result, outputs } = outcome.remote;
+  stats.jobs.remote++;
+  stats.bytes.sourceRaw += pre.source.length;
+  stats.bytes.sourceSent += outcome.remote.bytesSent;
+  stats.bytes.outputRaw += outputs.reduce((n, o) => n + o.length, 0);
+  stats.bytes.outputReceived += outcome.remote.bytesReceived;
+  stats.time.remote += outcome.millis;
+  stats.time.remoteCompile += Math.round((result.timings?.compileUs ?? 0) / 1000);
+  const hostCounters = context.stats.host(outcome.host.name);
+  hostCounters.jobs++;
+  const stderr = Buffer.concat([pre.stderr, result.stderr]);
+  if (result.exitCode !== 0) {
+    stats.jobs.compileErrors++;
+    hostCounters.compileErrors++;
+    context.stats.changed();
+    await removeOutput(outputPath);
+    finish(outcome.host.name, '', result.exitCode);
+    return done(result.exitCode, result.stdout, stderr);
+  }
+  context.stats.changed();
+  try {
+    await writeAtomically(outputPath, outputs[0], request.umask);
+  } catch (err) {
+    await removeOutput(outputPath).catch(() => undefined);
+    finish(outcome.host.name, 'output-write-failed', 1);
+    return done(1, result.stdout, Buffer.concat([stderr, Buffer.from(`ferry: ${errorMessage(err)}\n`)]));
+  }
+  finish(outcome.host.name, '', 0);
+  return done(0, result.stdout, stderr);
+}
+
+type HostOutcome =
+  | { ok: true; remote: RemoteOutcome; host: Host; millis: number }
+  | { ok: false; reason: string; detail: string };
+
+async function compileOnSomeHost(
+  plan: RemotePlan,
+  compiler: LocalCompiler,
+  source: Buffer,
+  env: NodeJS.ProcessEnv,
+  context: JobContext,
+  signal: AbortSignal,
+): Promise<HostOutcome> {
+  const header = {
+    jobId: randomBytes(6).toString('hex'),
+    compiler: compiler.name,
+    compilerVersion: compiler.version,
+    args: remoteCompileArgs(plan),
+    language: plan.language,
+    outputs: [{ kind: plan.outputKind, name: plan.outputKind === 'OBJECT' ? 'out.o' : 'out.s' }],
+    sourceSize: source.length,
+    sourceName: plan.source,
+    env: Object.fromEntries(Object.entries(env).filter(([name]) => REMOTE_ENV.test(name))) as Record<string, string>,
+  };
+  const candidates = () => context.pool.hosts.filter((h) => compilerMatches(compiler, h.remoteCompiler(compiler.name)));
+  let lastFailure = '';
+  for (let attempt = 0; attempt < REMOTE_ATTEMPTS; attempt++) {
+    let host: Host;
+    try {
+      host = await context.scheduler.acquire(candidates, signal);
+    } catch (err) {
+      if (signal.aborted) throw err;
+      return { ok: false, reason: 'no-host-available', detail: lastFailure || errorMessage(err) };
+    }
+    const started = Date.now();
+    try {
+      if (!host.client) throw new RemoteFailure(`${host.name} lost its connection`, undefined, true);
+      const remote = await compileRemotely(host.client, header, source, { deadlineMs: REMOTE_DEADLINE_MS, signal });
+      host.jobsDone++;
+      return { ok: true, remote, host, millis: Date.now() - started };
+    } catch (err) {
+      if (!(err instanceof RemoteFailure)) throw err;
+      host.failures++;
+      context.stats.host(host.name).failures++;
+      lastFailure = `${host.name} failed the job: ${err.message}`;
+      context.log(`job ${header.jobId} ${plan.source}: ${lastFailure}`);
+      // The worker refused the job itself (a limit, an option): another host would too.
+      if (!err.hostFault) return { ok: false, reason: 'remote-refused', detail: lastFailure };
+      host.markDown(err);
+      if (attempt + 1 < REMOTE_ATTEMPTS) {
+        context.stats.stats.jobs.retried++;
+        context.stats.changed();
+      }
+    } finally {
+      context.scheduler.release(host);
+    }
+  }
+  return { ok: false, reason: 'remote-failed', detail: lastFailure };
+}
+

@@ -1,0 +1,46 @@
+/**
+ * Writing compile outputs where the compiler would have: a temporary file beside the target, then
+ * rename, so a reader (make, the linker, a crashed build's next run) sees the old file or the
+ * whole new one, never a truncated one.
+ */
+import { randomBytes } from 'node:crypto';
+import { open, rename, unlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { FerryError } from '../proto/errors';
+
+export async function writeAtomically(path: string, data: Buffer, umask: number): Promise<void> {
+  const temp = join(dirname(path), `.${basename(path)}.ferry-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const mode = 0o666 & ~umask;
+  let handle;
+  try {
+    handle = await open(temp, 'wx', mode);
+    await handle.writeFile(data);
+    // open() applies the coordinator's umask; the file gets the compiling user's.
+    await handle.chmod(mode);
+    await handle.close();
+    handle = undefined;
+    await rename(temp, path);
+  } catch (err) {
+    await handle?.close().catch(() => undefined);
+    await unlink(temp).catch(() => undefined);
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new FerryError(
+      'output-write-failed',
+      `cannot write ${path}: ${(err as Error).message}`,
+      code === 'ENOSPC' ? 'The disk is full; free space and build again.' : 'Check that the output directory exists and is writable.',
+      { cause: err },
+    );
+  }
+}
+
+/**
+ * A failed compile leaves no output behind. gcc itself leaves an older object in place; removing it
+ * means nothing stale from before the failure can be linked later.
+ */
+export async function removeOutput(path: string): Promise<void> {
+  try {
+    await unlink(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+}

@@ -1,0 +1,277 @@
+/**
+ * The coordinator daemon: the launcher socket (one framed LaunchRequest in, one LaunchReply out
+ * per connection) and the gRPC control socket for the `ferry` commands.
+ */
+import { closeSync, mkdirSync, statSync, writeSync } from 'node:fs';
+import { unlink } from 'node:fs/promises';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { FerryError, errorMessage } from '../proto/errors';
+import { loadCoordinatorProto, loadLauncherCodec } from '../proto/load';
+import { FERRY_VERSION } from '../proto/version';
+import type { CoordinatorStatus } from '../proto/generated/ferry/coordinator/v1/CoordinatorStatus';
+import type { JobRecord } from '../proto/generated/ferry/coordinator/v1/JobRecord';
+import type { Stats } from '../proto/generated/ferry/coordinator/v1/Stats';
+import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchReply';
+import { Slots } from '../worker/slots';
+import type { Host } from './host';
+import { runJob, type JobContext } from './job';
+import { Notices } from './notices';
+import { runtimePaths, stateDir, type RuntimePaths } from './paths';
+import { HostPool } from './pool';
+import { Scheduler } from './scheduler';
+import { StatsStore } from './stats';
+
+const MAX_FRAME_BYTES = 16 << 20;
+const RECENT_JOBS_KEPT = 1000;
+const MAX_QUEUED_JOBS = 4096;
+
+export interface CoordinatorOptions {
+  env?: NodeJS.ProcessEnv;
+  /** Exit after this long without jobs; 0 never. */
+  idleTimeoutMs?: number;
+  log?: (line: string) => void;
+}
+
+export interface RunningCoordinator {
+  paths: RuntimePaths;
+  stopped: Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Reads one length-prefixed frame; resolves undefined if the peer closes first. */
+function readFrame(socket: Socket): Promise<Buffer | undefined> {
+  return new Promise((resolve, reject) => {
+    let buffered: Buffer = Buffer.alloc(0);
+    const onData = (data: Buffer) => {
+      buffered = buffered.length ? Buffer.concat([buffered, data]) : data;
+      if (buffered.length < 4) return;
+      const length = buffered.readUInt32LE(0);
+      if (length > MAX_FRAME_BYTES) {
+        cleanup();
+        reject(new FerryError('bad-frame', `launcher frame of ${length} bytes is over ${MAX_FRAME_BYTES}`));
+        return;
+      }
+      if (buffered.length >= 4 + length) {
+        cleanup();
+        resolve(buffered.subarray(4, 4 + length));
+      }
+    };
+    const onEnd = () => {
+      cleanup();
+      resolve(undefined);
+    };
+    const cleanup = () => {
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      socket.off('close', onEnd);
+    };
+    socket.on('data', onData);
+    socket.on('end', onEnd);
+    socket.on('close', onEnd);
+  });
+}
+
+function frame(payload: Buffer): Buffer {
+  const header = Buffer.alloc(4);
+  header.writeUInt32LE(payload.length, 0);
+  return Buffer.concat([header, payload]);
+}
+
+/** Another coordinator answering on the socket means this one is not needed. */
+function socketIsLive(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = createConnection(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+}
+
+async function listenUnix(server: Server, path: string): Promise<void> {
+  await unlink(path).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOENT') throw err;
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+function prepareRuntimeDir(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const info = statSync(dir);
+  if (process.getuid && info.uid !== process.getuid()) {
+    throw new FerryError('runtime-dir-unsafe', `${dir} belongs to another user`, 'Set FERRY_RUNTIME_DIR to a directory of your own.');
+  }
+  if (info.mode & 0o022) {
+    throw new FerryError('runtime-dir-unsafe', `${dir} is writable by other users`, `chmod 700 ${dir}`);
+  }
+}
+
+export async function startCoordinator(options: CoordinatorOptions = {}): Promise<RunningCoordinator> {
+  const env = options.env ?? process.env;
+  const log = options.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`));
+  const paths = runtimePaths(env);
+  prepareRuntimeDir(paths.dir);
+  if (await socketIsLive(paths.socket)) {
+    throw new FerryError('already-running', `a coordinator already answers on ${paths.socket}`, 'Use `ferry stop` first.');
+  }
+
+  const stats = new StatsStore(join(stateDir(env), 'stats.json'), paths.launcherFallbacks);
+  stats.ingestLauncherFallbacks();
+  const recent: JobRecord[] = [];
+  let running = 0;
+  let lastActivity = Date.now();
+  const scheduler = new Scheduler<Host>(MAX_QUEUED_JOBS);
+  const pool = new HostPool({ tunnelDir: paths.tunnels, log }, () => scheduler.pump());
+  const context: JobContext = {
+    pool,
+    scheduler,
+    cppSlots: new Slots(Math.max(1, availableParallelism())),
+    stats,
+    notices: new Notices(),
+    log,
+    record: (job) => {
+      recent.push(job);
+      if (recent.length > RECENT_JOBS_KEPT) recent.shift();
+    },
+  };
+  const codec = loadLauncherCodec();
+
+  const launcherServer = createServer((socket) => {
+    socket.on('error', (err) => log(`launcher connection: ${err.message}`));
+    const aborter = new AbortController();
+    socket.once('close', () => aborter.abort(new FerryError('cancelled', 'the launcher went away')));
+    running++;
+    lastActivity = Date.now();
+    (async () => {
+      const payload = await readFrame(socket);
+      if (!payload) return;
+      const request = codec.decodeRequest(payload);
+      let reply: LaunchReply;
+      try {
+        reply = await runJob(request, context, aborter.signal);
+      } catch (err) {
+        if (aborter.signal.aborted) return;
+        // A fault of Ferry's own: the build must go on, locally, and the user must hear of it.
+        log(`job failed inside the coordinator: ${errorMessage(err)}`);
+        stats.countLocal('coordinator-error');
+        reply = { action: 'RUN_LOCALLY', notice: `ferry: internal error (${errorMessage(err)}); compiling locally` };
+      }
+      if (!socket.destroyed) socket.end(frame(codec.encodeReply(reply)));
+    })()
+      .catch((err: unknown) => {
+        log(`launcher request: ${errorMessage(err)}`);
+        socket.destroy();
+      })
+      .finally(() => {
+        running--;
+        lastActivity = Date.now();
+      });
+  });
+
+  const proto = loadCoordinatorProto();
+  const control = new grpc.Server();
+  let stopping: Promise<void> | undefined;
+  let resolveStopped!: () => void;
+  const stopped = new Promise<void>((resolve) => (resolveStopped = resolve));
+
+  const status = (recentCount: number): CoordinatorStatus => ({
+    version: FERRY_VERSION,
+    pid: process.pid,
+    started: startedAt,
+    hosts: pool.text,
+    hostStatus: pool.hosts.map((h) => ({
+      name: h.name,
+      state: h.state,
+      lastError: h.lastError ?? '',
+      slots: h.slots,
+      inUse: h.inUse,
+      jobsDone: h.jobsDone,
+      failures: h.failures,
+      workerVersion: h.description?.version ?? '',
+      compilers: h.description?.compilers ?? [],
+      compilerMismatches: [],
+    })),
+    runningJobs: running,
+    queuedJobs: scheduler.queued,
+    recent: recent.slice(-recentCount),
+  });
+  const startedAt = new Date().toISOString();
+  control.addService(proto.ferry.coordinator.v1.Coordinator.service, {
+    Status: (call: grpc.ServerUnaryCall<{ recentJobs: number }, CoordinatorStatus>, callback: grpc.sendUnaryData<CoordinatorStatus>) =>
+      callback(null, status(call.request.recentJobs)),
+    GetStats: (call: grpc.ServerUnaryCall<{ zero: boolean }, Stats>, callback: grpc.sendUnaryData<Stats>) => {
+      stats.ingestLauncherFallbacks();
+      const snapshot = JSON.parse(JSON.stringify(stats.stats)) as Stats;
+      if (call.request.zero) stats.zero();
+      callback(null, snapshot);
+    },
+    Stop: (_call: grpc.ServerUnaryCall<unknown, { pid: number }>, callback: grpc.sendUnaryData<{ pid: number }>) => {
+      callback(null, { pid: process.pid });
+      setImmediate(() => void stop());
+    },
+  });
+
+  const stop = (): Promise<void> => {
+    stopping ??= (async () => {
+      clearInterval(idleTimer);
+      log('stopping');
+      launcherServer.close();
+      // Let the answer to a Stop call reach its caller before the server goes.
+      await new Promise<void>((resolve) => {
+        const force = setTimeout(() => {
+          control.forceShutdown();
+          resolve();
+        }, 2000);
+        control.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      });
+      pool.close();
+      stats.flush();
+      await Promise.all([unlink(paths.socket).catch(() => undefined), unlink(paths.control).catch(() => undefined)]);
+      resolveStopped();
+    })();
+    return stopping;
+  };
+
+  // The launcher socket last, so a launcher that connects finds everything ready.
+  await unlink(paths.control).catch(() => undefined);
+  await new Promise<void>((resolve, reject) =>
+    control.bindAsync(`unix:${paths.control}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+  );
+  await listenUnix(launcherServer, paths.socket);
+
+  const idleTimeoutMs = options.idleTimeoutMs ?? 0;
+  const idleTimer = setInterval(() => {
+    if (idleTimeoutMs > 0 && running === 0 && Date.now() - lastActivity > idleTimeoutMs) {
+      log(`idle for ${Math.round(idleTimeoutMs / 1000)} s`);
+      void stop();
+    }
+  }, Math.min(30_000, Math.max(1000, idleTimeoutMs / 4 || 30_000)));
+  idleTimer.unref();
+
+  log(`coordinator ${FERRY_VERSION} (pid ${process.pid}) listening on ${paths.socket}`);
+  return { paths, stopped, stop };
+}
+
+/** Tells the launcher that started us (fd 3 is its pipe) that the socket is ready. */
+export function signalReady(): void {
+  try {
+    writeSync(3, 'R');
+    closeSync(3);
+  } catch (err) {
+    // Started by hand (`ferry coordinator --foreground`): there is no pipe to tell.
+    if ((err as NodeJS.ErrnoException).code !== 'EBADF') throw err;
+  }
+}

@@ -1,0 +1,333 @@
+/**
+ * One Compile call: receive the job header and the preprocessed source, wait for a slot, run the
+ * allowed compiler in a private directory, stream the outputs back, remove the directory.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { FerryError, errorMessage } from '../proto/errors';
+import { decodeChunk, splitIntoChunks } from '../proto/chunks';
+import { exitStatus } from '../proto/exit-status';
+import type { CompileRequest__Output } from '../proto/generated/ferry/v1/CompileRequest';
+import type { CompileReply } from '../proto/generated/ferry/v1/CompileReply';
+import type { JobHeader__Output } from '../proto/generated/ferry/v1/JobHeader';
+import type { Language__Output } from '../proto/generated/ferry/v1/Language';
+import { checkJobArgs } from './arg-policy';
+import type { CompilerTable } from './compilers';
+import { isLocalPeer } from './listen';
+import type { Slots } from './slots';
+
+export interface WorkerLimits {
+  /** Uncompressed preprocessed source, bytes. */
+  maxSourceBytes: number;
+  /** Each output file, bytes. */
+  maxOutputBytes: number;
+  /** Compiler stdout and stderr each, bytes; the rest is cut with a note. */
+  maxMessageBytes: number;
+  /** A compile running longer is killed. */
+  jobTimeoutMs: number;
+}
+
+export const DEFAULT_LIMITS: WorkerLimits = {
+  maxSourceBytes: 256 << 20,
+  maxOutputBytes: 512 << 20,
+  maxMessageBytes: 16 << 20,
+  jobTimeoutMs: 30 * 60_000,
+};
+
+/** Environment variables a client may set for the compiler: they change messages, not code. */
+const PASSED_ENV = /^(LANG|LANGUAGE|LC_[A-Z]+|GCC_COLORS|GCC_URLS|TERM_URLS)$/;
+
+export interface WorkerCounters {
+  jobsDone: number;
+}
+
+export interface CompileDeps {
+  compilers: CompilerTable;
+  slots: Slots;
+  tmpRoot: string;
+  limits: WorkerLimits;
+  counters: WorkerCounters;
+  /** Listening on a Unix socket (peers have no address to check). */
+  unixSocket: boolean;
+  log: (line: string) => void;
+}
+
+type Call = grpc.ServerDuplexStream<CompileRequest__Output, CompileReply>;
+
+const SOURCE_EXTENSION: Record<Language__Output, string> = {
+  LANGUAGE_UNSPECIFIED: '',
+  C: 'i',
+  CXX: 'ii',
+  OBJC: 'mi',
+  OBJCXX: 'mii',
+};
+
+/** A FerryError carrying the gRPC status it should end the call with. */
+class JobRefused extends FerryError {
+  constructor(readonly status: grpc.status, code: string, message: string, hint?: string) {
+    super(code, message, hint);
+  }
+}
+
+function validateHeader(header: JobHeader__Output, deps: CompileDeps) {
+  const compiler = deps.compilers.byName.get(header.compiler);
+  if (!compiler) {
+    throw new JobRefused(
+      grpc.status.NOT_FOUND,
+      'unknown-compiler',
+      `compiler "${header.compiler}" is not on this worker's allow list`,
+      `Allowed here: ${[...deps.compilers.byName.keys()].join(', ') || 'none'}.`,
+    );
+  }
+  if (header.compilerVersion && header.compilerVersion !== compiler.version) {
+    throw new JobRefused(
+      grpc.status.FAILED_PRECONDITION,
+      'compiler-mismatch',
+      `compiler "${header.compiler}" here is "${compiler.version}", the job expects "${header.compilerVersion}"`,
+      'Install the same compiler version on the worker, or remove this host for that compiler.',
+    );
+  }
+  if (!SOURCE_EXTENSION[header.language]) {
+    throw new JobRefused(grpc.status.INVALID_ARGUMENT, 'bad-request', 'job header has no language');
+  }
+  if (header.outputs.length === 0) throw new JobRefused(grpc.status.INVALID_ARGUMENT, 'bad-request', 'job header names no outputs');
+  for (const output of header.outputs) {
+    if (!/^[A-Za-z0-9._-]+$/.test(output.name) || output.name.startsWith('.') || output.name.startsWith('source.')) {
+      throw new JobRefused(grpc.status.INVALID_ARGUMENT, 'bad-request', `output name "${output.name}" must be a plain file name`);
+    }
+  }
+  if (header.sourceSize > deps.limits.maxSourceBytes) {
+    throw new JobRefused(
+      grpc.status.RESOURCE_EXHAUSTED,
+      'too-large',
+      `source of ${header.sourceSize} bytes is over this worker's limit of ${deps.limits.maxSourceBytes}`,
+      'Compile this file locally or raise the worker limit.',
+    );
+  }
+  try {
+    checkJobArgs(header.args);
+  } catch (err) {
+    const e = err as FerryError;
+    throw new JobRefused(grpc.status.INVALID_ARGUMENT, e.code, e.message, e.hint);
+  }
+  return compiler;
+}
+
+/** Reads the request stream up to its SourceEnd. */
+function receiveJob(call: Call, deps: CompileDeps): Promise<{ header: JobHeader__Output; source: Buffer }> {
+  return new Promise((resolve, reject) => {
+    let header: JobHeader__Output | undefined;
+    const parts: Buffer[] = [];
+    let size = 0;
+    let settled = false;
+    const finish = (err?: unknown) => {
+      if (settled) return;
+      settled = true;
+      call.off('data', onData);
+      if (err) reject(err);
+      else resolve({ header: header!, source: Buffer.concat(parts, size) });
+    };
+    const onData = (message: CompileRequest__Output) => {
+      try {
+        if (message.part === 'header' && message.header && !header) {
+          header = message.header;
+          validateHeader(header, deps);
+        } else if (message.part === 'source' && message.source && header) {
+          const raw = decodeChunk(message.source, header.sourceSize - size);
+          size += raw.length;
+          parts.push(raw);
+        } else if (message.part === 'end' && message.end && header) {
+          if (message.end.totalSize !== size || header.sourceSize !== size) {
+            throw new JobRefused(
+              grpc.status.DATA_LOSS,
+              'truncated',
+              `source stream ended at ${size} bytes, header said ${header.sourceSize}, end said ${message.end.totalSize}`,
+            );
+          }
+          finish();
+        } else {
+          throw new JobRefused(
+            grpc.status.INVALID_ARGUMENT,
+            'bad-request',
+            header ? `unexpected "${message.part ?? 'empty'}" message in a job` : 'the first message of a job must be its header',
+          );
+        }
+      } catch (err) {
+        if (err instanceof JobRefused) finish(err);
+        else if (err instanceof FerryError) finish(new JobRefused(grpc.status.INVALID_ARGUMENT, err.code, err.message, err.hint));
+        else finish(err);
+      }
+    };
+    call.on('data', onData);
+    call.once('end', () =>
+      finish(new JobRefused(grpc.status.DATA_LOSS, 'truncated', 'request stream ended before the source was complete')),
+    );
+    call.once('error', finish);
+  });
+}
+
+interface CompilerRun {
+  exitCode: number;
+  signal: string;
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+function collect(stream: NodeJS.ReadableStream, limit: number): () => Buffer {
+  const parts: Buffer[] = [];
+  let size = 0;
+  let cut = false;
+  stream.on('data', (data: Buffer) => {
+    if (size + data.length <= limit) {
+      parts.push(data);
+      size += data.length;
+    } else if (!cut) {
+      parts.push(data.subarray(0, limit - size));
+      size = limit;
+      cut = true;
+    }
+  });
+  return () => {
+    const out = Buffer.concat(parts);
+    return cut ? Buffer.concat([out, Buffer.from(`\nferry-worker: output cut at ${limit} bytes\n`)]) : out;
+  };
+}
+
+function runCompiler(path: string, args: string[], cwd: string, env: NodeJS.ProcessEnv, deps: CompileDeps, signal: AbortSignal): Promise<CompilerRun> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(path, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const stdout = collect(child.stdout!, deps.limits.maxMessageBytes);
+    const stderr = collect(child.stderr!, deps.limits.maxMessageBytes);
+    let timedOut = false;
+    const kill = () => child.kill('SIGKILL');
+    const timer = setTimeout(() => {
+      timedOut = true;
+      kill();
+    }, deps.limits.jobTimeoutMs);
+    signal.addEventListener('abort', kill, { once: true });
+    child.once('error', (err) => {
+      clearTimeout(timer);
+      reject(new JobRefused(grpc.status.INTERNAL, 'compiler-failed-to-start', `cannot run ${path}: ${err.message}`));
+    });
+    // 'close' fires when the process exited and its pipes are drained: no polling, no rounding.
+    child.once('close', (code, sig) => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', kill);
+      if (timedOut) {
+        reject(
+          new JobRefused(
+            grpc.status.DEADLINE_EXCEEDED,
+            'job-timeout',
+            `compiler ran longer than ${deps.limits.jobTimeoutMs} ms and was killed`,
+            'Raise the worker job timeout or compile this file locally.',
+          ),
+        );
+        return;
+      }
+      resolve({ exitCode: exitStatus(code, sig), signal: sig ?? '', stdout: stdout(), stderr: stderr() });
+    });
+  });
+}
+
+function compilerEnv(header: JobHeader__Output, jobDir: string): NodeJS.ProcessEnv {
+  // The compiler's temporary files (the assembler's input) land in the job directory and go with it.
+  const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', TMPDIR: jobDir };
+  for (const [name, value] of Object.entries(header.env ?? {})) {
+    if (PASSED_ENV.test(name)) env[name] = value;
+  }
+  return env;
+}
+
+async function sendOutputs(call: Call, header: JobHeader__Output, jobDir: string, run: CompilerRun, deps: CompileDeps, timings: { queuedUs: number; receiveUs: number; compileUs: number }) {
+  const sizes: number[] = [];
+  for (let index = 0; index < header.outputs.length; index++) {
+    if (run.exitCode !== 0) {
+      sizes.push(0);
+      continue;
+    }
+    let data: Buffer;
+    try {
+      data = await readFile(join(jobDir, header.outputs[index].name));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        sizes.push(0);
+        continue;
+      }
+      throw err;
+    }
+    if (data.length > deps.limits.maxOutputBytes) {
+      throw new JobRefused(grpc.status.RESOURCE_EXHAUSTED, 'too-large', `output ${header.outputs[index].name} is over the limit of ${deps.limits.maxOutputBytes} bytes`);
+    }
+    sizes.push(data.length);
+    for (const chunk of splitIntoChunks(data)) call.write({ output: { output: index, chunk } });
+  }
+  call.write({
+    result: { exitCode: run.exitCode, signal: run.signal, stdout: run.stdout, stderr: run.stderr, outputSizes: sizes, timings },
+  });
+  call.end();
+}
+
+export function makeCompileHandler(deps: CompileDeps) {
+  return (call: Call): void => {
+    const started = process.hrtime.bigint();
+    const aborter = new AbortController();
+    call.once('cancelled', () => aborter.abort(new FerryError('cancelled', 'client cancelled the job')));
+    let jobDir: string | undefined;
+    let jobId = '?';
+    const micros = (from: bigint) => Number((process.hrtime.bigint() - from) / 1000n);
+
+    (async () => {
+      // On a Unix socket the file's permissions decide who connects; on TCP only loopback peers.
+      if (!deps.unixSocket && !isLocalPeer(call.getPeer())) {
+        throw new JobRefused(grpc.status.PERMISSION_DENIED, 'not-local', `refusing a job from ${call.getPeer()}: only local clients are served`);
+      }
+      const { header, source } = await receiveJob(call, deps);
+      jobId = header.jobId || '?';
+      const receiveUs = micros(started);
+      const compiler = deps.compilers.byName.get(header.compiler)!;
+      const queuedAt = process.hrtime.bigint();
+      const release = await deps.slots.acquire(aborter.signal);
+      try {
+        const queuedUs = micros(queuedAt);
+        jobDir = await mkdtemp(join(deps.tmpRoot, 'job-'));
+        const input = `source.${SOURCE_EXTENSION[header.language]}`;
+        await writeFile(join(jobDir, input), source, { mode: 0o600 });
+        const compileAt = process.hrtime.bigint();
+        const run = await runCompiler(
+          compiler.path,
+          [...header.args, '-o', header.outputs[0].name, input],
+          jobDir,
+          compilerEnv(header, jobDir),
+          deps,
+          aborter.signal,
+        );
+        const compileUs = micros(compileAt);
+        deps.counters.jobsDone++;
+        if (aborter.signal.aborted) return;
+        await sendOutputs(call, header, jobDir, run, deps, { queuedUs, receiveUs, compileUs });
+        deps.log(`job ${jobId} ${header.sourceName || '?'}: ${header.compiler} exit ${run.exitCode} in ${(compileUs / 1000).toFixed(0)} ms`);
+      } finally {
+        release();
+      }
+    })()
+      .catch((err: unknown) => {
+        if (aborter.signal.aborted) {
+          deps.log(`job ${jobId} cancelled by the client`);
+          return;
+        }
+        const status = err instanceof JobRefused ? err.status : grpc.status.INTERNAL;
+        const details = err instanceof FerryError ? err.describe() : errorMessage(err);
+        deps.log(`job ${jobId} refused: ${details.replace(/\n/g, ' ')}`);
+        call.emit('error', { code: status, details });
+      })
+      .finally(() => {
+        if (jobDir) {
+          rm(jobDir, { recursive: true, force: true }).catch((err: unknown) =>
+            deps.log(`could not remove ${jobDir}: ${errorMessage(err)}`),
+          );
+        }
+      });
+  };
+}

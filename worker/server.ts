@@ -1,0 +1,122 @@
+/** The worker's gRPC server: the Worker service and gRPC's standard health service. */
+import { chmod, lstat, mkdtemp, rm, unlink } from 'node:fs/promises';
+import { hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { HealthImplementation } from 'grpc-health-check';
+import { FerryError } from '../proto/errors';
+import { loadWorkerProto } from '../proto/load';
+import { FERRY_VERSION } from '../proto/version';
+import type { WorkerDescription } from '../proto/generated/ferry/v1/WorkerDescription';
+import type { CompilerTable } from './compilers';
+import { makeCompileHandler, type WorkerCounters, type WorkerLimits } from './compile';
+import { grpcBindTarget, type ListenAddress } from './listen';
+import { Slots } from './slots';
+
+export interface WorkerOptions {
+  listen: ListenAddress;
+  slots: number;
+  compilers: CompilerTable;
+  limits: WorkerLimits;
+  /** Parent of the private job directories. */
+  tmpBase?: string;
+  log?: (line: string) => void;
+}
+
+export interface RunningWorker {
+  /** The bound address as a client would dial it ("127.0.0.1:3633" or "unix:/path"). */
+  address: string;
+  counters: WorkerCounters;
+  slots: Slots;
+  stop(): Promise<void>;
+}
+
+/** Removes a leftover socket file from a worker that died; refuses to delete anything else. */
+async function clearStaleSocket(path: string): Promise<void> {
+  let info;
+  try {
+    info = await lstat(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  if (!info.isSocket()) {
+    throw new FerryError('listen-invalid', `${path} exists and is not a socket`, 'Choose another --listen path or remove the file.');
+  }
+  await unlink(path);
+}
+
+export async function startWorker(options: WorkerOptions): Promise<RunningWorker> {
+  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const proto = loadWorkerProto();
+  const slots = new Slots(options.slots);
+  const counters: WorkerCounters = { jobsDone: 0 };
+  // One private directory (0700) per worker run; each job gets its own directory below it.
+  const tmpRoot = await mkdtemp(join(options.tmpBase ?? tmpdir(), 'ferry-worker-'));
+
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': 64 << 20,
+    'grpc.max_send_message_length': 64 << 20,
+  });
+  server.addService(proto.ferry.v1.Worker.service, {
+    Compile: makeCompileHandler({
+      compilers: options.compilers,
+      slots,
+      tmpRoot,
+      limits: options.limits,
+      counters,
+      unixSocket: options.listen.kind === 'unix',
+      log,
+    }),
+    Describe: (
+      _call: grpc.ServerUnaryCall<unknown, WorkerDescription>,
+      callback: grpc.sendUnaryData<WorkerDescription>,
+    ) => {
+      callback(null, {
+        version: FERRY_VERSION,
+        hostname: hostname(),
+        slots: slots.size,
+        compilers: [...options.compilers.byName.values()],
+        running: slots.inUse,
+        queued: slots.queued,
+        jobsDone: counters.jobsDone,
+      });
+    },
+  });
+  const health = new HealthImplementation({ '': 'SERVING', 'ferry.v1.Worker': 'SERVING' });
+  health.addToServer(server);
+
+  if (options.listen.kind === 'unix') await clearStaleSocket(options.listen.path);
+  const target = grpcBindTarget(options.listen);
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(target, grpc.ServerCredentials.createInsecure(), (err, boundPort) =>
+      err
+        ? reject(new FerryError('listen-failed', `cannot listen on ${target}: ${err.message}`, 'Is another worker running there? Choose another --listen.'))
+        : resolve(boundPort),
+    ),
+  );
+  // Only the owner and its group (users allowed to submit jobs) may connect to the socket.
+  if (options.listen.kind === 'unix') await chmod(options.listen.path, 0o660);
+  const address =
+    options.listen.kind === 'unix' ? `unix:${options.listen.path}` : grpcBindTarget({ ...options.listen, port });
+
+  return {
+    address,
+    counters,
+    slots,
+    async stop() {
+      await new Promise<void>((resolve) => {
+        const force = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, 5000);
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      });
+      await rm(tmpRoot, { recursive: true, force: true });
+      if (options.listen.kind === 'unix') await rm(options.listen.path, { force: true });
+    },
+  };
+}
