@@ -55,7 +55,9 @@ function done(exitCode: number, stdout: Buffer, stderr: Buffer): LaunchReply {
 
 export async function runJob(request: LaunchRequest__Output, context: JobContext, signal: AbortSignal): Promise<LaunchReply> {
   const started = Date.now();
-  const source = request.argv.slice(1).find((a) => !a.startsWith('-')) ?? '';
+  const decision = classify(request.argv);
+  // For the job list: the source when there is one, else the first file named (a link's first object).
+  const source = decision.decision === 'remote' ? decision.plan.source : (request.argv.slice(1).find((a) => !a.startsWith('-')) ?? '');
   const finish = (where: string, reason: string, exitCode: number) =>
     context.record({ source, where, reason, exitCode, millis: Date.now() - started, finished: new Date().toISOString() });
 
@@ -71,7 +73,6 @@ export async function runJob(request: LaunchRequest__Output, context: JobContext
   if (request.protocol !== LAUNCHER_PROTOCOL) {
     return runLocally('protocol-mismatch', `launcher protocol ${request.protocol}`, 'the ferry launcher and coordinator are different versions (run `ferry stop`)');
   }
-  const decision = classify(request.argv);
   if (decision.decision === 'local') return runLocally(decision.reason, decision.detail);
   const plan = decision.plan;
   const env = envFromList(request.env);

@@ -1,0 +1,692 @@
+/*
+ * ferry launcher: the process make/ninja/ccache start once per compile (`ferry gcc -c a.c -o a.o`).
+ *
+ * Node costs ~18-45 ms of CPU per start, a C Unix-socket round trip ~0.6 ms, so the per-job hot path is
+ * this small C client. It makes no decisions: it ships the job (argv, cwd, env, umask, ...) to the
+ * long-lived coordinator daemon (coordinator/) as one LaunchRequest frame (proto/launcher.proto, encoded
+ * by hand) and does what the LaunchReply says. Whenever the coordinator cannot be used it compiles
+ * locally, so a broken ferry never breaks a build.
+ *
+ * Built at install time by cli/build.mjs:
+ *   cc -O2 -Wall -Wextra -std=c11 -D_GNU_SOURCE -DFERRY_NODE="/path/to/node" -o dist/bin/ferry launcher.c
+ * libc only. Every fd opened here is O_CLOEXEC so nothing leaks into the compiler or the daemon.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PROTOCOL_VERSION 1
+#define ACTION_DONE 1
+#define ACTION_RUN_LOCALLY 2
+/* A reply bigger than this is garbage, not a compiler's output: don't try to allocate it. */
+#define MAX_REPLY_BYTES (1u << 30)
+#define NOTICE_QUIET_SECONDS 60
+#define DEFAULT_START_TIMEOUT_MS 10000
+
+extern char **environ;
+
+static const char *const subcommands[] = {
+    "help", "status", "stats", "stop", "explain", "monitor", "hosts",
+    "jobs", "coordinator", "demo", "version",
+};
+
+static char g_dir[PATH_MAX];        /* runtime directory, as coordinator/paths.ts computes it */
+static char g_sock[PATH_MAX];       /* <dir>/coordinator.sock */
+static char g_what[PATH_MAX + 256]; /* what went wrong, for the fallback notice */
+static const char *g_compiler;      /* the compiler as the user named it */
+static char **g_cargv;              /* its argv; [0] is replaced by the resolved path at exec */
+
+/* ---------- small helpers ---------- */
+
+static const char *base_name(const char *path) {
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+/* Writes everything: pipes take partial writes, signals interrupt, and a stdout someone else made
+ * non-blocking answers EAGAIN; then we wait for room instead of losing compiler output. */
+static int write_all(int fd, const void *data, size_t len) {
+    const char *p = data;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+        } else if (n < 0 && errno == EAGAIN) {
+            struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+            if (poll(&pfd, 1, -1) < 0 && errno != EINTR) return -1;
+        } else if (n < 0 && errno != EINTR) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Reads exactly len bytes; -1 on error or on EOF before the end (a coordinator that went away). */
+static int read_all(int fd, void *data, size_t len) {
+    char *p = data;
+    while (len > 0) {
+        ssize_t n = read(fd, p, len);
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+        } else if (n == 0 || errno != EINTR) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* <dist> = dirname(dirname(realpath(/proc/self/exe))): the binary is installed as <dist>/bin/ferry. */
+static void dist_dir(char out[PATH_MAX]) {
+    if (!realpath("/proc/self/exe", out)) strcpy(out, "/nonexistent/bin/ferry");
+    for (int i = 0; i < 2; i++) {
+        char *slash = strrchr(out, '/');
+        if (slash && slash != out) *slash = '\0';
+        else strcpy(out, "/");
+    }
+}
+
+/* Execs node with argv[1..] (argv[0] is filled in here). Node parses the whole CA bundle at every
+ * start when NODE_EXTRA_CA_CERTS is set (+27 ms here), and none of our node processes needs it. */
+static void exec_node(char **argv) {
+    unsetenv("NODE_EXTRA_CA_CERTS");
+    const char *node = getenv("FERRY_NODE");
+    if (node && *node) {
+        argv[0] = (char *)node;
+        execvp(node, argv);
+        return;
+    }
+#ifdef FERRY_NODE
+    argv[0] = (char *)FERRY_NODE;
+    execv(FERRY_NODE, argv);
+    /* The node we were built with is gone (upgraded?): try whichever node is on PATH. */
+#endif
+    argv[0] = "node";
+    execvp("node", argv);
+}
+
+/* `ferry status`, `ferry --help`...: the TypeScript CLI handles everything but compiles. */
+static _Noreturn void exec_cli(int argc, char **argv) {
+    char script[PATH_MAX + 16];
+    const char *js = getenv("FERRY_CLI_JS");
+    if (js && *js) {
+        snprintf(script, sizeof script, "%s", js);
+    } else {
+        char dist[PATH_MAX];
+        dist_dir(dist);
+        snprintf(script, sizeof script, "%s/cli/main.js", dist);
+    }
+    char **nargv = calloc((size_t)(argc < 1 ? 1 : argc) + 2, sizeof *nargv);
+    if (!nargv) {
+        perror("ferry");
+        exit(127);
+    }
+    nargv[1] = script;
+    for (int i = 1; i < argc; i++) nargv[i + 1] = argv[i];
+    exec_node(nargv);
+    fprintf(stderr, "ferry: cannot run node: %s\n", strerror(errno));
+    exit(127);
+}
+
+/* Execs the real compiler with the original arguments. A bare name is looked up in PATH, skipping the
+ * launcher itself: with a `gcc -> ferry` symlink first on PATH (ccache style), execvp would exec us
+ * again, forever. */
+static _Noreturn void exec_compiler(void) {
+    const char *name = g_compiler;
+    int err = ENOENT;
+    if (strchr(name, '/')) {
+        g_cargv[0] = (char *)name;
+        execv(name, g_cargv);
+        err = errno;
+    } else if (*name) {
+        struct stat self;
+        int have_self = stat("/proc/self/exe", &self) == 0;
+        const char *path = getenv("PATH");
+        if (!path) path = "/bin:/usr/bin"; /* glibc's execvp default */
+        size_t name_len = strlen(name);
+        char cand[PATH_MAX];
+        int saw_eacces = 0;
+        for (const char *p = path;; p++) {
+            const char *end = strchrnul(p, ':');
+            size_t dir_len = (size_t)(end - p);
+            const char *dir = dir_len ? p : "."; /* an empty PATH entry means the current directory */
+            if (!dir_len) dir_len = 1;
+            if (dir_len + 1 + name_len < sizeof cand) {
+                memcpy(cand, dir, dir_len);
+                cand[dir_len] = '/';
+                memcpy(cand + dir_len + 1, name, name_len + 1);
+                struct stat st;
+                if (stat(cand, &st) == 0 && S_ISREG(st.st_mode) &&
+                    !(have_self && st.st_dev == self.st_dev && st.st_ino == self.st_ino)) {
+                    g_cargv[0] = cand;
+                    execv(cand, g_cargv);
+                    if (errno == EACCES) saw_eacces = 1;
+                    else err = errno;
+                }
+            }
+            if (!*end) break;
+            p = end;
+        }
+        if (saw_eacces) err = EACCES;
+    }
+    fprintf(stderr, "ferry: cannot run %s: %s\n", name, strerror(err));
+    exit(127);
+}
+
+/* ---------- the runtime directory ---------- */
+
+/* FERRY_RUNTIME_DIR, else $XDG_RUNTIME_DIR/ferry, else /tmp/ferry-<uid>: keep in step with
+ * coordinator/paths.ts. Returns -1 when the socket path would not fit a sockaddr_un. */
+static int runtime_paths(void) {
+    const char *d = getenv("FERRY_RUNTIME_DIR");
+    int n;
+    if (d && *d) n = snprintf(g_dir, sizeof g_dir, "%s", d);
+    else if ((d = getenv("XDG_RUNTIME_DIR")) && *d) n = snprintf(g_dir, sizeof g_dir, "%s/ferry", d);
+    else n = snprintf(g_dir, sizeof g_dir, "/tmp/ferry-%u", (unsigned)getuid());
+    if (n < 0 || (size_t)n >= sizeof g_dir) {
+        g_dir[0] = '\0';
+        return -1;
+    }
+    n = snprintf(g_sock, sizeof g_sock, "%s/coordinator.sock", g_dir);
+    return n > 0 && (size_t)n < sizeof(((struct sockaddr_un *)0)->sun_path) ? 0 : -1;
+}
+
+/* 0: usable; 1: missing; -1: not ours or writable by others. The socket and every file in it are
+ * trusted, and the request carries the whole environment: in a predictable /tmp/ferry-<uid> someone
+ * else could have made, it would go to their listener. */
+static int check_dir(void) {
+    struct stat st;
+    if (stat(g_dir, &st) != 0) return errno == ENOENT ? 1 : -1;
+    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022)) return -1;
+    return 0;
+}
+
+static int make_dir(void) {
+    if (mkdir(g_dir, 0700) == 0 || errno == EEXIST) return 0;
+    if (errno != ENOENT) return -1;
+    /* Parents missing (a fresh FERRY_RUNTIME_DIR): create them too, like the coordinator would. */
+    char p[PATH_MAX];
+    strcpy(p, g_dir);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = '\0';
+        if (mkdir(p, 0700) != 0 && errno != EEXIST) return -1;
+        *s = '/';
+    }
+    return mkdir(p, 0700) == 0 || errno == EEXIST ? 0 : -1;
+}
+
+/* ---------- falling back to a local compile ---------- */
+
+/* Tells the user once per build, not once per job: the marker holds the sid of the last notice, and
+ * every fallback refreshes it. Locked so parallel jobs of one build don't all decide to print. */
+static int notice_already_given(pid_t sid) {
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/launcher-notice", g_dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+    if (fd < 0) return 0;
+    while (flock(fd, LOCK_EX) != 0 && errno == EINTR) {
+    }
+    int quiet = 0;
+    char buf[32];
+    struct stat st;
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    if (n > 0 && fstat(fd, &st) == 0) {
+        buf[n] = '\0';
+        char *end;
+        long last = strtol(buf, &end, 10);
+        time_t age = time(NULL) - st.st_mtime;
+        quiet = end != buf && last == (long)sid && age >= 0 && age < NOTICE_QUIET_SECONDS;
+    }
+    int len = snprintf(buf, sizeof buf, "%d\n", (int)sid);
+    if (pwrite(fd, buf, (size_t)len, 0) == len && ftruncate(fd, len) != 0) {
+        /* a stale tail after the sid only costs an extra notice */
+    }
+    close(fd); /* releases the lock */
+    return quiet;
+}
+
+/* Compiles locally. Records the fallback (the coordinator counts them in its statistics), tells the
+ * user once per build, then execs the compiler. */
+static _Noreturn void fall_back(const char *reason) {
+    pid_t sid = getsid(0);
+    int quiet = 0;
+    if (check_dir() == 0) { /* never write into a directory we don't trust */
+        char path[PATH_MAX + 32], line[128];
+        snprintf(path, sizeof path, "%s/launcher-fallbacks", g_dir);
+        int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+        if (fd >= 0) {
+            /* One write() on an O_APPEND fd: lines from parallel jobs never interleave. */
+            int len = snprintf(line, sizeof line, "%lld %s %d\n", (long long)time(NULL), reason, (int)sid);
+            if (write(fd, line, (size_t)len) != len) {
+                /* statistics only: the compile matters more */
+            }
+            close(fd);
+        }
+        quiet = notice_already_given(sid);
+    }
+    if (!quiet) {
+        fprintf(stderr, "ferry: %s; compiling locally. See %s/coordinator.log or run 'ferry status'.\n",
+                g_what, g_dir);
+        fflush(stderr);
+    }
+    exec_compiler();
+}
+
+/* ---------- talking to the coordinator ---------- */
+
+/* Returns a connected fd, or -1 with errno set. */
+static int try_connect(void) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    strcpy(addr.sun_path, g_sock); /* length checked by runtime_paths() */
+    while (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        if (errno == EINTR) continue; /* bounded: only a signal gets us here again */
+        int err = errno;
+        close(fd);
+        errno = err;
+        return -1;
+    }
+    return fd;
+}
+
+static size_t varint_len(uint64_t v) {
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *put_varint(uint8_t *p, uint64_t v) {
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+/* Length-delimited field: tag, length, bytes. All our field numbers fit a one-byte tag. */
+static uint8_t *put_bytes(uint8_t *p, unsigned field, const char *s, size_t len) {
+    *p++ = (uint8_t)(field << 3 | 2);
+    p = put_varint(p, len);
+    memcpy(p, s, len);
+    return p + len;
+}
+
+static size_t bytes_len(size_t len) { return 1 + varint_len(len) + len; }
+
+/* int32 fields: proto3 sign-extends negatives to ten bytes. */
+static uint64_t int32_wire(int32_t v) { return (uint64_t)(int64_t)v; }
+
+/* Builds the framed LaunchRequest (uint32 LE length + message) in one buffer: one send(). */
+static uint8_t *encode_request(const char *cwd, size_t *out_len) {
+    mode_t mask = umask(0); /* the only way to read it; put it back at once */
+    umask(mask);
+    int32_t sid = (int32_t)getsid(0), ppid = (int32_t)getppid();
+    int tty = isatty(2);
+    size_t cwd_len = strlen(cwd);
+
+    size_t body = 2 + bytes_len(cwd_len);              /* protocol, cwd */
+    body += bytes_len(strlen(g_compiler));             /* argv[0] as named */
+    for (char **a = g_cargv + 1; *a; a++) body += bytes_len(strlen(*a));
+    for (char **e = environ; *e; e++) body += bytes_len(strlen(*e));
+    body += 1 + varint_len(mask) + 1 + varint_len(int32_wire(sid)) + 1 + varint_len(int32_wire(ppid)) + 2;
+    if (body > UINT32_MAX) return NULL;
+
+    uint8_t *buf = malloc(4 + body);
+    if (!buf) return NULL;
+    uint8_t *p = buf;
+    for (int i = 0; i < 4; i++) *p++ = (uint8_t)(body >> (8 * i));
+    *p++ = 1 << 3 | 0; /* protocol */
+    *p++ = PROTOCOL_VERSION;
+    p = put_bytes(p, 2, cwd, cwd_len);
+    p = put_bytes(p, 3, g_compiler, strlen(g_compiler));
+    for (char **a = g_cargv + 1; *a; a++) p = put_bytes(p, 3, *a, strlen(*a));
+    for (char **e = environ; *e; e++) p = put_bytes(p, 4, *e, strlen(*e));
+    *p++ = 5 << 3 | 0;
+    p = put_varint(p, mask);
+    *p++ = 6 << 3 | 0;
+    p = put_varint(p, int32_wire(sid));
+    *p++ = 7 << 3 | 0;
+    p = put_varint(p, int32_wire(ppid));
+    *p++ = 8 << 3 | 0;
+    *p++ = tty ? 1 : 0;
+    *out_len = (size_t)(p - buf);
+    return buf;
+}
+
+static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+    uint64_t r = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) { /* at most ten bytes */
+        if (*p >= end) return -1;
+        uint8_t b = *(*p)++;
+        r |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = r;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Skips one field of any wire type, so a newer coordinator may add fields. Groups (deprecated, but
+ * valid wire format) nest; depth is capped so garbage cannot exhaust the stack. */
+static int skip_field(const uint8_t **p, const uint8_t *end, unsigned wire, uint64_t field, int depth) {
+    uint64_t v;
+    switch (wire) {
+    case 0:
+        return get_varint(p, end, &v);
+    case 1:
+    case 5: {
+        size_t n = wire == 1 ? 8 : 4;
+        if ((size_t)(end - *p) < n) return -1;
+        *p += n;
+        return 0;
+    }
+    case 2:
+        if (get_varint(p, end, &v) != 0 || v > (uint64_t)(end - *p)) return -1;
+        *p += v;
+        return 0;
+    case 3:
+        if (depth > 32) return -1;
+        while (*p < end) { /* bounded: every pass consumes bytes */
+            uint64_t tag;
+            if (get_varint(p, end, &tag) != 0) return -1;
+            if ((tag & 7) == 4) return (tag >> 3) == field ? 0 : -1;
+            if (skip_field(p, end, tag & 7, tag >> 3, depth + 1) != 0) return -1;
+        }
+        return -1;
+    default: /* 4 (end group without a start), 6, 7 */
+        return -1;
+    }
+}
+
+struct reply {
+    uint64_t action;
+    int32_t exit_code;
+    const uint8_t *out, *err, *notice;
+    size_t out_len, err_len, notice_len;
+};
+
+static int decode_reply(const uint8_t *p, const uint8_t *end, struct reply *r) {
+    memset(r, 0, sizeof *r);
+    while (p < end) {
+        uint64_t tag, v;
+        if (get_varint(&p, end, &tag) != 0 || (tag >> 3) == 0) return -1;
+        unsigned wire = tag & 7;
+        uint64_t field = tag >> 3;
+        if ((field == 1 || field == 2) && wire == 0) {
+            if (get_varint(&p, end, &v) != 0) return -1;
+            if (field == 1) r->action = v;
+            else r->exit_code = (int32_t)(uint32_t)v;
+        } else if (field >= 3 && field <= 5 && wire == 2) {
+            if (get_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p)) return -1;
+            const uint8_t **dst = field == 3 ? &r->out : field == 4 ? &r->err : &r->notice;
+            size_t *dst_len = field == 3 ? &r->out_len : field == 4 ? &r->err_len : &r->notice_len;
+            *dst = p;
+            *dst_len = (size_t)v;
+            p += v;
+        } else if (skip_field(&p, end, wire, field, 0) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Sends the job, waits for the verdict and carries it out. Never returns. */
+static _Noreturn void run_job(int fd) {
+    char *cwd = getcwd(NULL, 0);
+    if (!cwd) {
+        /* The working directory is gone: nothing remote can help; let the compiler say so. */
+        close(fd);
+        exec_compiler();
+    }
+    size_t len;
+    uint8_t *req = encode_request(cwd, &len);
+    if (!req) {
+        snprintf(g_what, sizeof g_what, "the job is too large to send to the coordinator");
+        fall_back("coordinator-lost");
+    }
+    /* MSG_NOSIGNAL: a coordinator dying mid-send must give EPIPE, not kill us with SIGPIPE. We never
+     * touch the SIGPIPE disposition, so the compiler inherits the one make gave us. */
+    for (size_t off = 0; off < len;) {
+        ssize_t n = send(fd, req + off, len - off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            snprintf(g_what, sizeof g_what, "the coordinator went away while receiving the job (%s)",
+                     strerror(errno));
+            fall_back("coordinator-lost");
+        }
+        off += (size_t)n;
+    }
+    free(req);
+    free(cwd);
+
+    uint8_t hdr[4];
+    uint8_t *msg = NULL;
+    uint32_t msg_len = 0;
+    if (read_all(fd, hdr, 4) == 0) {
+        msg_len = (uint32_t)hdr[0] | (uint32_t)hdr[1] << 8 | (uint32_t)hdr[2] << 16 | (uint32_t)hdr[3] << 24;
+        msg = msg_len <= MAX_REPLY_BYTES ? malloc(msg_len ? msg_len : 1) : NULL;
+    }
+    if (!msg || read_all(fd, msg, msg_len) != 0) {
+        snprintf(g_what, sizeof g_what, "the coordinator closed the connection without answering");
+        fall_back("coordinator-lost");
+    }
+    close(fd);
+
+    struct reply r;
+    if (decode_reply(msg, msg + msg_len, &r) != 0) {
+        snprintf(g_what, sizeof g_what, "the coordinator sent a malformed reply");
+        fall_back("coordinator-lost");
+    }
+    if (r.action == ACTION_DONE) {
+        /* Losing stdout (`gcc -E` without -o) must not pass for success; a lost stderr may. */
+        int out_failed = write_all(1, r.out, r.out_len) != 0;
+        write_all(2, r.err, r.err_len);
+        exit(out_failed && r.exit_code == 0 ? 1 : r.exit_code);
+    }
+    if (r.action == ACTION_RUN_LOCALLY) {
+        if (r.notice_len) {
+            write_all(2, r.notice, r.notice_len);
+            if (r.notice[r.notice_len - 1] != '\n') write_all(2, "\n", 1);
+        }
+        exec_compiler();
+    }
+    snprintf(g_what, sizeof g_what, "the coordinator answered with an unknown action %llu",
+             (unsigned long long)r.action);
+    fall_back("coordinator-lost");
+}
+
+/* ---------- starting the coordinator on demand ---------- */
+
+/* In the grandchild: becomes the daemon. stdin /dev/null, stdout+stderr the log (never our
+ * stdout/stderr: ninja waits for EOF on them), fd 3 the readiness pipe, nothing else inherited
+ * (make's jobserver fds, our lock). */
+static _Noreturn void exec_daemon(int ready_fd) {
+    setsid();
+    char log[PATH_MAX + 32], script[PATH_MAX + 32];
+    snprintf(log, sizeof log, "%s/coordinator.log", g_dir);
+    const char *js = getenv("FERRY_COORDINATOR_JS");
+    if (js && *js) {
+        snprintf(script, sizeof script, "%s", js);
+    } else {
+        char dist[PATH_MAX];
+        dist_dir(dist);
+        snprintf(script, sizeof script, "%s/coordinator/main.js", dist);
+    }
+    int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int log_fd = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+    if (null_fd < 0 || log_fd < 0) _exit(127);
+    /* Lift the three above fd 3 first, so that no dup2 below overwrites a source sitting on 0-3. */
+    int in = fcntl(null_fd, F_DUPFD_CLOEXEC, 10), out = fcntl(log_fd, F_DUPFD_CLOEXEC, 10);
+    int ready = fcntl(ready_fd, F_DUPFD_CLOEXEC, 10);
+    /* dup2 clears FD_CLOEXEC on 0-3: exactly these four survive the exec. */
+    if (in < 0 || out < 0 || ready < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0 ||
+        dup2(ready, 3) < 0)
+        _exit(127);
+    if (close_range(4, ~0u, 0) != 0) {
+        long max = sysconf(_SC_OPEN_MAX);
+        for (long fd = 4; fd < (max > 0 && max < 65536 ? max : 65536); fd++) close((int)fd);
+    }
+    /* A daemon starts from default signal handling, whatever make or nohup gave us. */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    const int sigs[] = {SIGPIPE, SIGINT, SIGQUIT, SIGHUP, SIGTERM};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) signal(sigs[i], SIG_DFL);
+
+    char *argv[] = {NULL, script, "--daemon", NULL};
+    exec_node(argv);
+    fprintf(stderr, "ferry launcher: cannot start the coordinator: cannot run node: %s\n", strerror(errno));
+    _exit(127);
+}
+
+/* Double-forks the coordinator (so it is nobody's child but init's) and waits for its "listening" byte.
+ * Returns 0 when it listens; -1 with g_what set. */
+static int spawn_coordinator(void) {
+    int pipe_fd[2];
+    if (pipe2(pipe_fd, O_CLOEXEC) != 0) {
+        snprintf(g_what, sizeof g_what, "cannot start the coordinator (pipe: %s)", strerror(errno));
+        return -1;
+    }
+    fflush(NULL);
+    pid_t child = fork();
+    if (child == 0) {
+        pid_t grandchild = fork();
+        if (grandchild == 0) exec_daemon(pipe_fd[1]);
+        _exit(grandchild < 0 ? 1 : 0);
+    }
+    close(pipe_fd[1]); /* so that the daemon's death reads as EOF */
+    if (child < 0) {
+        close(pipe_fd[0]);
+        snprintf(g_what, sizeof g_what, "cannot start the coordinator (fork: %s)", strerror(errno));
+        return -1;
+    }
+    while (waitpid(child, NULL, 0) < 0 && errno == EINTR) {
+    }
+
+    const char *t = getenv("FERRY_START_TIMEOUT_MS");
+    char *end;
+    long timeout_ms = t && *t ? strtol(t, &end, 10) : DEFAULT_START_TIMEOUT_MS;
+    if (!t || !*t || *end || timeout_ms < 0 || timeout_ms > INT_MAX) timeout_ms = DEFAULT_START_TIMEOUT_MS;
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    struct pollfd pfd = {.fd = pipe_fd[0], .events = POLLIN};
+    long left = timeout_ms;
+    int ready = 0;
+    for (;;) { /* bounded by the deadline: only EINTR repeats it */
+        int n = poll(&pfd, 1, (int)left);
+        if (n > 0) {
+            char byte;
+            ssize_t got;
+            while ((got = read(pipe_fd[0], &byte, 1)) < 0 && errno == EINTR) {
+            }
+            ready = got == 1;
+            if (!ready)
+                snprintf(g_what, sizeof g_what, "the coordinator exited while starting");
+            break;
+        }
+        int err = errno;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        left = timeout_ms - ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000);
+        if (n == 0 || left <= 0 || err != EINTR) {
+            snprintf(g_what, sizeof g_what, "the coordinator did not start within %ld ms", timeout_ms);
+            break;
+        }
+    }
+    close(pipe_fd[0]);
+    return ready ? 0 : -1;
+}
+
+/* Nobody listens: start the coordinator (once, whatever the parallelism) and connect. */
+static int start_and_connect(void) {
+    if (make_dir() != 0) {
+        snprintf(g_what, sizeof g_what, "cannot create the runtime directory %s (%s)", g_dir, strerror(errno));
+        fall_back("runtime-dir-unsafe");
+    }
+    if (check_dir() != 0) {
+        snprintf(g_what, sizeof g_what, "the runtime directory %s is not yours or is writable by others", g_dir);
+        fall_back("runtime-dir-unsafe");
+    }
+    char lock_path[PATH_MAX + 32];
+    snprintf(lock_path, sizeof lock_path, "%s/start.lock", g_dir);
+    int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+    if (lock < 0) {
+        snprintf(g_what, sizeof g_what, "cannot open %s (%s)", lock_path, strerror(errno));
+        fall_back("coordinator-start-failed");
+    }
+    /* Sixteen parallel jobs of a fresh build queue here; the first starts the coordinator. */
+    while (flock(lock, LOCK_EX) != 0 && errno == EINTR) {
+    }
+    int fd = try_connect(); /* someone else may have started it while we waited */
+    if (fd < 0 && (errno == ENOENT || errno == ECONNREFUSED)) {
+        if (spawn_coordinator() != 0) {
+            close(lock);
+            fall_back("coordinator-start-failed");
+        }
+        fd = try_connect();
+    }
+    int err = errno;
+    close(lock);
+    if (fd < 0) {
+        snprintf(g_what, sizeof g_what, "cannot reach the coordinator at %s (%s)", g_sock, strerror(err));
+        fall_back("coordinator-unreachable");
+    }
+    return fd;
+}
+
+int main(int argc, char **argv) {
+    const char *self = argc > 0 && argv[0] ? base_name(argv[0]) : "ferry";
+    if (strcmp(self, "ferry") == 0) {
+        if (argc < 2 || argv[1][0] == '-') exec_cli(argc, argv);
+        for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; i++)
+            if (strcmp(argv[1], subcommands[i]) == 0) exec_cli(argc, argv);
+        g_compiler = argv[1];
+        g_cargv = argv + 1;
+    } else {
+        /* Masquerading as the compiler (a gcc -> ferry symlink): ccache style. */
+        g_compiler = self;
+        g_cargv = argv;
+    }
+
+    const char *disable = getenv("FERRY_DISABLE");
+    if (disable && strcmp(disable, "1") == 0) exec_compiler();
+
+    if (runtime_paths() != 0) {
+        snprintf(g_what, sizeof g_what, "the runtime directory path is too long for a Unix socket");
+        fall_back("coordinator-unreachable");
+    }
+    int state = check_dir();
+    if (state < 0) {
+        snprintf(g_what, sizeof g_what, "the runtime directory %s is not yours or is writable by others", g_dir);
+        fall_back("runtime-dir-unsafe");
+    }
+    int fd = state == 0 ? try_connect() : (errno = ENOENT, -1);
+    if (fd < 0) {
+        if (errno != ENOENT && errno != ECONNREFUSED) {
+            snprintf(g_what, sizeof g_what, "cannot reach the coordinator at %s (%s)", g_sock, strerror(errno));
+            fall_back("coordinator-unreachable");
+        }
+        fd = start_and_connect();
+    }
+    run_job(fd);
+}

@@ -1,0 +1,169 @@
+/**
+ * The worker as a real process on a Unix socket, driven by a real gRPC client: compiles, refusals,
+ * malformed streams, and nothing left behind in its temporary area.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { encodeChunk } from '../../proto/chunks';
+import { loadWorkerProto } from '../../proto/load';
+import type { WorkerClient } from '../../proto/generated/ferry/v1/Worker';
+import type { JobHeader } from '../../proto/generated/ferry/v1/JobHeader';
+import type { CompileRequest } from '../../proto/generated/ferry/v1/CompileRequest';
+import { compileRemotely, RemoteFailure } from '../../coordinator/remote-compile';
+import { run, startProcess, WORKER_MAIN, type Started } from '../support/processes';
+
+const gccVersion = execFileSync('gcc', ['--version'], { encoding: 'utf8' }).split('\n')[0];
+
+let dir: string;
+let jobsTmp: string;
+let worker: Started;
+let client: WorkerClient;
+
+function header(overrides: Partial<JobHeader> = {}, size = 0): JobHeader {
+  return {
+    jobId: 'test',
+    compiler: 'gcc',
+    compilerVersion: gccVersion,
+    args: ['-O2', '-c', '-fdirectives-only'],
+    language: 'C',
+    outputs: [{ kind: 'OBJECT', name: 'out.o' }],
+    sourceSize: size,
+    sourceName: 'x.c',
+    ...overrides,
+  };
+}
+
+/** Sends raw request messages and returns the status the call ends with. */
+function rawCall(messages: CompileRequest[]): Promise<grpc.StatusObject> {
+  return new Promise((resolve) => {
+    const call = client.Compile({ deadline: Date.now() + 20_000 });
+    call.on('data', () => undefined);
+    call.on('status', resolve);
+    call.on('error', () => undefined);
+    for (const m of messages) call.write(m);
+    call.end();
+  });
+}
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'ferry-worker-test-'));
+  jobsTmp = join(dir, 'tmp');
+  execFileSync('mkdir', ['-p', jobsTmp]);
+  worker = await startProcess(process.execPath, [WORKER_MAIN, '--listen', `unix:${join(dir, 'w.sock')}`, '--slots', '2', '--allow', 'gcc,g++', '--tmpdir', jobsTmp], /listening on/);
+  const proto = loadWorkerProto();
+  client = new proto.ferry.v1.Worker(`unix://${join(dir, 'w.sock')}`, grpc.credentials.createInsecure());
+});
+
+afterAll(async () => {
+  client?.close();
+  await worker?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('ferry-worker', () => {
+  it.each(['0.0.0.0:3633', '10.1.1.1:3633', '[::]:3633'])('refuses to listen on %s and says to use SSH', async (address) => {
+    const result = await run(process.execPath, [WORKER_MAIN, '--listen', address], { timeoutMs: 20_000 });
+    expect(result.code).toBe(2);
+    expect(result.stderr).toMatch(/refuses to listen on/);
+    expect(result.stderr).toMatch(/SSH port forwarding/);
+  });
+
+  it('describes itself and its compilers', async () => {
+    const description = await new Promise<any>((resolve, reject) => client.Describe({}, (err, reply) => (err ? reject(err) : resolve(reply))));
+    expect(description.slots).toBe(2);
+    expect(description.version).toMatch(/^\d+\.\d+\.\d+/);
+    const gcc = description.compilers.find((c: { name: string }) => c.name === 'gcc');
+    expect(gcc.version).toBe(gccVersion);
+    expect(gcc.path).toMatch(/^\//);
+    expect(gcc.target).toBe(execFileSync('gcc', ['-dumpmachine'], { encoding: 'utf8' }).trim());
+    expect(description.compilers.map((c: { name: string }) => c.name).sort()).toEqual(['g++', 'gcc']);
+  });
+
+  it('compiles a preprocessed source into the same object as a local compile', async () => {
+    const src = join(dir, 'hello.c');
+    writeFileSync(src, '#include <stdio.h>\n#define GREETING "hello"\nint main(void) { puts(GREETING); return 0; }\n');
+    execFileSync('gcc', ['-O2', '-c', src, '-o', join(dir, 'local.o')]);
+    const source = execFileSync('gcc', ['-O2', '-E', '-fdirectives-only', src]);
+    const outcome = await compileRemotely(client, header({}, source.length), source, { deadlineMs: 20_000 });
+    expect(outcome.result.exitCode).toBe(0);
+    expect(outcome.outputs[0].equals(readFileSync(join(dir, 'local.o')))).toBe(true);
+    expect(outcome.result.timings?.compileUs).toBeGreaterThan(0);
+  });
+
+  it('returns the compiler failure as a result, with its diagnostics and no object', async () => {
+    const source = Buffer.from('# 1 "broken.c"\nint main(void) { return 0 }\n');
+    const outcome = await compileRemotely(client, header({}, source.length), source, { deadlineMs: 20_000 });
+    expect(outcome.result.exitCode).toBe(1);
+    expect(outcome.result.stderr.toString()).toMatch(/broken\.c:1:26: error: expected ';'/);
+    expect(outcome.outputs[0].length).toBe(0);
+  });
+
+  it('refuses a compiler that is not on its allow list', async () => {
+    const source = Buffer.from('int x;\n');
+    const error = await compileRemotely(client, header({ compiler: 'clang' }, source.length), source, { deadlineMs: 20_000 }).catch((e) => e);
+    expect(error).toBeInstanceOf(RemoteFailure);
+    expect(error.status).toBe(grpc.status.NOT_FOUND);
+    expect(error.message).toMatch(/"clang" is not on this worker's allow list/);
+    expect(error.hostFault).toBe(false);
+  });
+
+  it('refuses a job for another compiler version', async () => {
+    const source = Buffer.from('int x;\n');
+    const error = await compileRemotely(client, header({ compilerVersion: 'gcc (Other) 1.0' }, source.length), source, { deadlineMs: 20_000 }).catch((e) => e);
+    expect(error.status).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(error.message).toMatch(/the job expects "gcc \(Other\) 1.0"/);
+  });
+
+  it.each([['-fplugin=evil.so'], ['-specs=x'], ['-B/tmp'], ['-o/etc/passwd'], ['/etc/shadow'], ['@args.txt'], ['-save-temps']])(
+    'refuses the argument %s',
+    async (arg) => {
+      const source = Buffer.from('int x;\n');
+      const error = await compileRemotely(client, header({ args: ['-c', arg] }, source.length), source, { deadlineMs: 20_000 }).catch((e) => e);
+      expect(error.status).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(error.message).toContain(arg);
+    },
+  );
+
+  it('rejects malformed request streams with clear statuses', async () => {
+    const source = Buffer.from('int x;\n');
+    const noHeader = await rawCall([{ source: encodeChunk(source) }]);
+    expect(noHeader.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(noHeader.details).toMatch(/first message of a job must be its header/);
+
+    const truncated = await rawCall([{ header: header({}, 1000) }, { source: encodeChunk(source) }]);
+    expect(truncated.code).toBe(grpc.status.DATA_LOSS);
+    expect(truncated.details).toMatch(/ended before the source was complete/);
+
+    const wrongTotal = await rawCall([{ header: header({}, source.length) }, { source: encodeChunk(source, false) }, { end: { totalSize: 3 } }]);
+    expect(wrongTotal.code).toBe(grpc.status.DATA_LOSS);
+
+    const badLz4 = await rawCall([{ header: header({}, 64) }, { source: { compression: 'LZ4_BLOCK', data: Buffer.from([64, 0, 0, 0, 0xf0, 1, 2]) } }]);
+    expect(badLz4.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(badLz4.details).toMatch(/LZ4/);
+
+    const twoHeaders = await rawCall([{ header: header({}, 7) }, { header: header({}, 7) }]);
+    expect(twoHeaders.code).toBe(grpc.status.INVALID_ARGUMENT);
+
+    const badOutput = await rawCall([{ header: header({ outputs: [{ kind: 'OBJECT', name: '../escape.o' }] }, 7) }]);
+    expect(badOutput.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(badOutput.details).toMatch(/plain file name/);
+  });
+
+  it('keeps serving after bad requests and leaves no job directories behind', async () => {
+    const source = execFileSync('gcc', ['-E', '-fdirectives-only', '-x', 'c', '-'], { input: 'int answer = 42;\n' });
+    const outcome = await compileRemotely(client, header({}, source.length), source, { deadlineMs: 20_000 });
+    expect(outcome.result.exitCode).toBe(0);
+    const roots = readdirSync(jobsTmp);
+    expect(roots).toHaveLength(1);
+    expect(roots[0]).toMatch(/^ferry-worker-/);
+    // Directories are removed right after each reply; allow the last removal a moment.
+    for (let i = 0; i < 50 && readdirSync(join(jobsTmp, roots[0])).length > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(readdirSync(join(jobsTmp, roots[0]))).toEqual([]);
+    const description = await new Promise<any>((resolve, reject) => client.Describe({}, (err, reply) => (err ? reject(err) : resolve(reply))));
+    expect(description.jobsDone).toBeGreaterThanOrEqual(3);
+  });
+});

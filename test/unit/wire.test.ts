@@ -1,0 +1,68 @@
+import { randomBytes } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { decodeChunk, encodeChunk, splitIntoChunks } from '../../proto/chunks';
+import { Notices, QUIET_WINDOW_MS } from '../../coordinator/notices';
+import { countLauncherFallbacks } from '../../coordinator/stats';
+import { exitStatus } from '../../proto/exit-status';
+
+describe('source chunks', () => {
+  it('compresses text with LZ4 and restores it exactly', () => {
+    const text = Buffer.from('int main(void) { return 0; }\n'.repeat(5000));
+    const chunk = encodeChunk(text);
+    expect(chunk.compression).toBe('LZ4_BLOCK');
+    expect((chunk.data as Buffer).length).toBeLessThan(text.length / 10);
+    expect(decodeChunk({ compression: 'LZ4_BLOCK', data: chunk.data as Buffer })).toEqual(text);
+  });
+
+  it('sends incompressible data raw', () => {
+    const random = randomBytes(4096);
+    const chunk = encodeChunk(random);
+    expect(chunk.compression).toBe('NONE');
+    expect(decodeChunk({ compression: 'NONE', data: chunk.data as Buffer })).toEqual(random);
+  });
+
+  it('splits into 1 MiB pieces that join back', () => {
+    const big = Buffer.alloc(2.5 * (1 << 20), 'x');
+    const parts = [...splitIntoChunks(big)].map((c) => decodeChunk({ compression: c.compression as 'NONE' | 'LZ4_BLOCK', data: c.data as Buffer }));
+    expect(parts.map((p) => p.length)).toEqual([1 << 20, 1 << 20, 0.5 * (1 << 20)]);
+    expect(Buffer.concat(parts)).toEqual(big);
+  });
+
+  it('rejects damaged and oversized chunks with a clear error', () => {
+    const packed = encodeChunk(Buffer.alloc(100000, 'a')).data as Buffer;
+    expect(() => decodeChunk({ compression: 'LZ4_BLOCK', data: packed.subarray(0, 2) })).toThrow(/shorter than its size prefix/);
+    expect(() => decodeChunk({ compression: 'LZ4_BLOCK', data: packed }, 1000)).toThrow(/over the limit of 1000/);
+    const wrongSize = Buffer.from(packed);
+    wrongSize.writeUInt32LE(99999, 0);
+    expect(() => decodeChunk({ compression: 'LZ4_BLOCK', data: wrongSize })).toThrow(/LZ4 chunk/);
+    expect(() => decodeChunk({ compression: 'LZ4_BLOCK', data: Buffer.from([5, 0, 0, 0, 0xff, 0xff]) })).toThrow(/LZ4 chunk/);
+  });
+});
+
+describe('notices once per build', () => {
+  it('tells the first job of a build, not the rest; a new session or a pause tells again', () => {
+    const notices = new Notices();
+    expect(notices.shouldTell('no-host-available', 100, 0)).toBe(true);
+    expect(notices.shouldTell('no-host-available', 100, 1000)).toBe(false);
+    expect(notices.shouldTell('no-host-available', 100, 1000 + QUIET_WINDOW_MS - 1)).toBe(false);
+    expect(notices.shouldTell('no-host-available', 101, 1000 + QUIET_WINDOW_MS)).toBe(true);
+    expect(notices.shouldTell('remote-failed', 101, 1000 + QUIET_WINDOW_MS)).toBe(true);
+    expect(notices.shouldTell('no-host-available', 101, 1000 + 3 * QUIET_WINDOW_MS)).toBe(true);
+  });
+});
+
+describe('small decisions', () => {
+  it('counts the launcher fallback lines by reason', () => {
+    expect(countLauncherFallbacks('1700000000 coordinator-unreachable 42\n1700000001 coordinator-unreachable 42\n1700000002 coordinator-lost 7\n\n')).toEqual({
+      'coordinator-unreachable': 2,
+      'coordinator-lost': 1,
+    });
+  });
+
+  it('gives shell exit statuses', () => {
+    expect(exitStatus(0, null)).toBe(0);
+    expect(exitStatus(3, null)).toBe(3);
+    expect(exitStatus(null, 'SIGKILL')).toBe(137);
+    expect(exitStatus(null, 'SIGTERM')).toBe(143);
+  });
+});
