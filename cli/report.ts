@@ -21,6 +21,7 @@ export function formatStatus(status: CoordinatorStatus__Output): string {
     );
     if (host.lastError) lines.push(`    last error: ${host.lastError}`);
     if (compilers) lines.push(`    compilers: ${compilers}`);
+    for (const mismatch of host.compilerMismatches) lines.push(`    skipped for ${mismatch}`);
   }
   return lines.join('\n');
 }

@@ -52,6 +52,8 @@ export class Host {
   inUse = 0;
   jobsDone = 0;
   failures = 0;
+  /** Compilers jobs asked for that this host lacks in the same version, by name. */
+  readonly compilerMismatches = new Map<string, string>();
   private retryAt = 0;
   private backoffMs = FIRST_BACKOFF_MS;
   private connecting?: Promise<void>;
@@ -82,6 +84,18 @@ export class Host {
 
   remoteCompiler(name: string): CompilerInfo__Output | undefined {
     return this.description?.compilers.find((c) => c.name === name);
+  }
+
+  /** Whether this host can take jobs for `local`; a mismatch is remembered for `ferry status`. */
+  accepts(local: LocalCompiler): boolean {
+    const remote = this.remoteCompiler(local.name);
+    if (compilerMatches(local, remote)) return true;
+    if (this.description && !this.compilerMismatches.has(local.name)) {
+      const there = remote ? `"${remote.version}" for ${remote.target}` : 'not installed or not allowed';
+      this.compilerMismatches.set(local.name, `${local.name}: here "${local.version}" for ${local.target}, there ${there}`);
+      this.context.log(`${this.name}: skipped for ${this.compilerMismatches.get(local.name)}`);
+    }
+    return false;
   }
 
   /** Resolves when the host is up; rejects at once while it is down and waiting for its retry. */

@@ -12,7 +12,7 @@ import type { JobRecord } from '../proto/generated/ferry/coordinator/v1/JobRecor
 import type { Slots } from '../worker/slots';
 import { classify, type RemotePlan } from './classify';
 import { identifyCompiler, type LocalCompiler } from './compiler-id';
-import { compilerMatches, type Host } from './host';
+import type { Host } from './host';
 import { removeOutput, writeAtomically } from './object-writer';
 import type { HostPool } from './pool';
 import { hostsText } from './pool';
@@ -47,6 +47,12 @@ export function envFromList(list: readonly string[]): NodeJS.ProcessEnv {
     if (eq > 0) env[entry.slice(0, eq)] = entry.slice(eq + 1);
   }
   return env;
+}
+
+/** The user's terminal would show colours: stderr is a tty, no colour option given, colours not disabled. */
+export function wantsColour(request: Pick<LaunchRequest__Output, 'stderrIsTty' | 'argv'>, env: NodeJS.ProcessEnv): boolean {
+  if (!request.stderrIsTty || env.TERM === 'dumb' || env.GCC_COLORS === '') return false;
+  return !request.argv.some((a) => a.startsWith('-fdiagnostics-color') || a === '-fno-diagnostics-color');
 }
 
 function done(exitCode: number, stdout: Buffer, stderr: Buffer): LaunchReply {
@@ -93,9 +99,17 @@ export async function runJob(request: LaunchRequest__Output, context: JobContext
     return runLocally('compiler-unknown', errorMessage(err), errorMessage(err));
   }
 
-  // Hosts not yet connected (or due for a retry) are brought up; down ones answer at once.
-  await Promise.allSettled(context.pool.hosts.map((h) => h.ensureUp()));
-  const candidates = () => context.pool.hosts.filter((h) => compilerMatches(compiler, h.remoteCompiler(compiler.name)));
+  // Hosts not yet connected (or due for a retry) are brought up; down ones answer at once. The job
+  // waits only until one host with its compiler is up, not for every slow host.
+  const matches = (h: Host) => h.accepts(compiler);
+  await Promise.any(
+    context.pool.hosts.map((h) =>
+      h.ensureUp().then(() => {
+        if (!matches(h)) throw new Error(`${h.name} has no matching ${compiler.name}`);
+      }),
+    ),
+  ).catch(() => undefined); // All failed or none matches: said below, with each host's reason.
+  const candidates = () => context.pool.hosts.filter(matches);
   if (!candidates().some((h) => h.usable)) {
     const up = context.pool.hosts.filter((h) => h.usable);
     if (up.length > 0) {
@@ -107,6 +121,11 @@ export async function runJob(request: LaunchRequest__Output, context: JobContext
   }
 
   const outputPath = resolve(request.cwd, plan.output);
+  // gcc colours diagnostics when its stderr is a terminal; here its stderr is a pipe, the user's is not.
+  if (wantsColour(request, env)) {
+    plan.cppArgs.unshift('-fdiagnostics-color=always');
+    plan.compileArgs.unshift('-fdiagnostics-color=always');
+  }
   const releaseCpp = await context.cppSlots.acquire(signal);
   let pre;
   const cppStarted = Date.now();
@@ -181,7 +200,7 @@ async function compileOnSomeHost(
     sourceName: plan.source,
     env: Object.fromEntries(Object.entries(env).filter(([name]) => REMOTE_ENV.test(name))) as Record<string, string>,
   };
-  const candidates = () => context.pool.hosts.filter((h) => compilerMatches(compiler, h.remoteCompiler(compiler.name)));
+  const candidates = () => context.pool.hosts.filter((h) => h.accepts(compiler));
   let lastFailure = '';
   for (let attempt = 0; attempt < REMOTE_ATTEMPTS; attempt++) {
     let host: Host;

@@ -199,7 +199,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
       failures: h.failures,
       workerVersion: h.description?.version ?? '',
       compilers: h.description?.compilers ?? [],
-      compilerMismatches: [],
+      compilerMismatches: [...h.compilerMismatches.values()],
     })),
     runningJobs: running,
     queuedJobs: scheduler.queued,

@@ -72,6 +72,20 @@ describe('ferry-worker', () => {
     expect(result.stderr).toMatch(/SSH port forwarding/);
   });
 
+  it('answers gRPC health checks', async () => {
+    const { service } = await import('grpc-health-check');
+    const Health = grpc.makeGenericClientConstructor(service, 'Health');
+    const health = new Health(`unix://${join(dir, 'w.sock')}`, grpc.credentials.createInsecure()) as unknown as {
+      check(req: { service: string }, cb: (err: Error | null, res: { status: string }) => void): void;
+      close(): void;
+    };
+    for (const name of ['', 'ferry.v1.Worker']) {
+      const reply = await new Promise<{ status: string }>((resolve, reject) => health.check({ service: name }, (err, res) => (err ? reject(err) : resolve(res))));
+      expect(reply.status).toBe('SERVING');
+    }
+    health.close();
+  });
+
   it('describes itself and its compilers', async () => {
     const description = await new Promise<any>((resolve, reject) => client.Describe({}, (err, reply) => (err ? reject(err) : resolve(reply))));
     expect(description.slots).toBe(2);

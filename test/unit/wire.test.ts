@@ -11,7 +11,7 @@ describe('source chunks', () => {
     const chunk = encodeChunk(text);
     expect(chunk.compression).toBe('LZ4_BLOCK');
     expect((chunk.data as Buffer).length).toBeLessThan(text.length / 10);
-    expect(decodeChunk({ compression: 'LZ4_BLOCK', data: chunk.data as Buffer })).toEqual(text);
+    expect(decodeChunk({ compression: 'LZ4_BLOCK', data: chunk.data as Buffer }).equals(text)).toBe(true);
   });
 
   it('sends incompressible data raw', () => {
@@ -25,7 +25,7 @@ describe('source chunks', () => {
     const big = Buffer.alloc(2.5 * (1 << 20), 'x');
     const parts = [...splitIntoChunks(big)].map((c) => decodeChunk({ compression: c.compression as 'NONE' | 'LZ4_BLOCK', data: c.data as Buffer }));
     expect(parts.map((p) => p.length)).toEqual([1 << 20, 1 << 20, 0.5 * (1 << 20)]);
-    expect(Buffer.concat(parts)).toEqual(big);
+    expect(Buffer.concat(parts).equals(big)).toBe(true);
   });
 
   it('rejects damaged and oversized chunks with a clear error', () => {
@@ -64,5 +64,41 @@ describe('small decisions', () => {
     expect(exitStatus(3, null)).toBe(3);
     expect(exitStatus(null, 'SIGKILL')).toBe(137);
     expect(exitStatus(null, 'SIGTERM')).toBe(143);
+  });
+});
+
+describe('worker slots', () => {
+  it('runs at most `size` holders at once and hands slots on in arrival order', async () => {
+    const { Slots } = await import('../../worker/slots');
+    const slots = new Slots(2);
+    const a = await slots.acquire();
+    const b = await slots.acquire();
+    expect(slots.inUse).toBe(2);
+    const order: string[] = [];
+    const c = slots.acquire().then((release) => (order.push('c'), release));
+    const d = slots.acquire().then((release) => (order.push('d'), release));
+    expect(slots.queued).toBe(2);
+    a();
+    a(); // releasing twice must not free a second slot
+    expect(slots.inUse).toBe(2);
+    (await c)();
+    b();
+    (await d)();
+    expect(order).toEqual(['c', 'd']);
+    expect(slots.inUse).toBe(0);
+    expect(() => new Slots(0)).toThrow(RangeError);
+  });
+});
+
+describe('diagnostic colours', () => {
+  it('asks for colours only where the user would see them', async () => {
+    const { wantsColour } = await import('../../coordinator/job');
+    const argv = ['gcc', '-c', 'a.c'];
+    expect(wantsColour({ stderrIsTty: true, argv }, { TERM: 'xterm' })).toBe(true);
+    expect(wantsColour({ stderrIsTty: false, argv }, { TERM: 'xterm' })).toBe(false);
+    expect(wantsColour({ stderrIsTty: true, argv }, { TERM: 'dumb' })).toBe(false);
+    expect(wantsColour({ stderrIsTty: true, argv }, { GCC_COLORS: '' })).toBe(false);
+    expect(wantsColour({ stderrIsTty: true, argv: [...argv, '-fdiagnostics-color=never'] }, {})).toBe(false);
+    expect(wantsColour({ stderrIsTty: true, argv: [...argv, '-fno-diagnostics-color'] }, {})).toBe(false);
   });
 });
