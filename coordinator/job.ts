@@ -4,6 +4,7 @@
  * counted by reason; the ones the user did not choose are also told once per build.
  */
 import { randomBytes } from 'node:crypto';
+import { readFile, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { errorMessage } from '../proto/errors';
 import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchReply';
@@ -53,6 +54,30 @@ export function envFromList(list: readonly string[]): NodeJS.ProcessEnv {
 export function wantsColour(request: Pick<LaunchRequest__Output, 'stderrIsTty' | 'argv'>, env: NodeJS.ProcessEnv): boolean {
   if (!request.stderrIsTty || env.TERM === 'dumb' || env.GCC_COLORS === '') return false;
   return !request.argv.some((a) => a.startsWith('-fdiagnostics-color') || a === '-fno-diagnostics-color');
+}
+
+/** gcc prints source excerpts under diagnostics unless told not to, or unless it writes JSON/SARIF. */
+export function wantsExcerpts(compileArgs: readonly string[]): boolean {
+  let excerpts = true;
+  for (const arg of compileArgs) {
+    if (arg === '-fno-diagnostics-show-caret') excerpts = false;
+    else if (arg === '-fdiagnostics-show-caret') excerpts = true;
+    else if (arg.startsWith('-fdiagnostics-format=') && arg !== '-fdiagnostics-format=text') excerpts = false;
+  }
+  return excerpts;
+}
+
+const MAX_EXCERPT_FILE_BYTES = 16 << 20;
+
+/** A file for source excerpts: regular files of reasonable size only. */
+async function readSourceFile(path: string): Promise<Buffer | undefined> {
+  try {
+    const info = await stat(path);
+    if (!info.isFile() || info.size > MAX_EXCERPT_FILE_BYTES) return undefined;
+    return await readFile(path);
+  } catch {
+    return undefined; // Unreadable: the diagnostics go without its lines, as gcc's would.
+  }
 }
 
 function done(exitCode: number, stdout: Buffer, stderr: Buffer): LaunchReply {
@@ -144,7 +169,7 @@ export async function runJob(request: LaunchRequest__Output, context: JobContext
     return done(pre.exitCode, Buffer.alloc(0), pre.stderr);
   }
 
-  const outcome = await compileOnSomeHost(plan, compiler, pre.source, env, context, signal);
+  const outcome = await compileOnSomeHost(plan, compiler, pre.source, env, request.cwd, context, signal);
   if (!outcome.ok) return runLocally(outcome.reason, outcome.detail, outcome.detail);
   const { result, outputs } = outcome.remote;
   stats.jobs.remote++;
@@ -186,6 +211,7 @@ async function compileOnSomeHost(
   compiler: LocalCompiler,
   source: Buffer,
   env: NodeJS.ProcessEnv,
+  cwd: string,
   context: JobContext,
   signal: AbortSignal,
 ): Promise<HostOutcome> {
@@ -199,7 +225,10 @@ async function compileOnSomeHost(
     sourceSize: source.length,
     sourceName: plan.source,
     env: Object.fromEntries(Object.entries(env).filter(([name]) => REMOTE_ENV.test(name))) as Record<string, string>,
+    cwd,
+    sourceExcerpts: wantsExcerpts(plan.compileArgs),
   };
+  const readSource = (path: string) => readSourceFile(resolve(cwd, path));
   const candidates = () => context.pool.hosts.filter((h) => h.accepts(compiler));
   let lastFailure = '';
   for (let attempt = 0; attempt < REMOTE_ATTEMPTS; attempt++) {
@@ -213,7 +242,7 @@ async function compileOnSomeHost(
     const started = Date.now();
     try {
       if (!host.client) throw new RemoteFailure(`${host.name} lost its connection`, undefined, true);
-      const remote = await compileRemotely(host.client, header, source, { deadlineMs: REMOTE_DEADLINE_MS, signal });
+      const remote = await compileRemotely(host.client, header, source, { deadlineMs: REMOTE_DEADLINE_MS, signal, readSource });
       host.jobsDone++;
       return { ok: true, remote, host, millis: Date.now() - started };
     } catch (err) {

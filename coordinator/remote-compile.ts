@@ -3,10 +3,11 @@
  * the output chunks and the result.
  */
 import * as grpc from '@grpc/grpc-js';
-import { decodeChunk, splitIntoChunks } from '../proto/chunks';
+import { decodeChunk, encodeChunk, splitIntoChunks } from '../proto/chunks';
 import { FerryError } from '../proto/errors';
 import type { WorkerClient } from '../proto/generated/ferry/v1/Worker';
 import type { JobHeader } from '../proto/generated/ferry/v1/JobHeader';
+import type { SourceFile } from '../proto/generated/ferry/v1/SourceFile';
 import type { JobResult__Output } from '../proto/generated/ferry/v1/JobResult';
 import type { CompileReply__Output } from '../proto/generated/ferry/v1/CompileReply';
 
@@ -32,12 +33,24 @@ export class RemoteFailure extends FerryError {
 
 const HOST_FAULTS = new Set([grpc.status.UNAVAILABLE, grpc.status.INTERNAL, grpc.status.UNKNOWN, grpc.status.DEADLINE_EXCEEDED]);
 
-export function compileRemotely(
-  client: WorkerClient,
-  header: JobHeader,
-  source: Buffer,
-  options: { deadlineMs: number; signal?: AbortSignal },
-): Promise<RemoteOutcome> {
+export interface RemoteOptions {
+  deadlineMs: number;
+  signal?: AbortSignal;
+  /** Reads a file the worker's diagnostics name (for source excerpts); undefined when unreadable. */
+  readSource?: (path: string) => Promise<Buffer | undefined>;
+}
+
+/** Answers SourcesWanted: each file's content, or `missing` when it cannot be read. */
+async function sourceFiles(paths: string[], read: RemoteOptions['readSource']): Promise<SourceFile[]> {
+  return Promise.all(
+    paths.map(async (path) => {
+      const content = read ? await read(path) : undefined;
+      return content ? { path, content: encodeChunk(content) } : { path, missing: true };
+    }),
+  );
+}
+
+export function compileRemotely(client: WorkerClient, header: JobHeader, source: Buffer, options: RemoteOptions): Promise<RemoteOutcome> {
   return new Promise((resolve, reject) => {
     const call = client.Compile({ deadline: Date.now() + options.deadlineMs });
     const onAbort = () => call.cancel();
@@ -55,8 +68,20 @@ export function compileRemotely(
           if (!slot) throw new RemoteFailure(`worker sent output #${reply.output.output}, which the job did not ask for`, undefined, true);
           bytesReceived += reply.output.chunk.data.length;
           slot.push(decodeChunk(reply.output.chunk));
+        } else if (reply.part === 'wanted' && reply.wanted) {
+          void sourceFiles(reply.wanted.paths, options.readSource).then(
+            (files) => {
+              call.write({ files: { files } });
+              call.end();
+            },
+            (err: unknown) => {
+              failure = err as Error;
+              call.cancel();
+            },
+          );
         } else if (reply.part === 'result' && reply.result) {
           result = reply.result;
+          call.end();
         }
       } catch (err) {
         failure = err as Error;
@@ -88,7 +113,7 @@ export function compileRemotely(
       bytesSent += (chunk.data as Buffer).length;
       call.write({ source: chunk });
     }
+    // The request side stays open: the worker may still ask for source files (SourcesWanted).
     call.write({ end: { totalSize: source.length } });
-    call.end();
   });
 }

@@ -3,17 +3,19 @@
  * allowed compiler in a private directory, stream the outputs back, remove the directory.
  */
 import { spawn } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { dirname, isAbsolute, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { FerryError, errorMessage } from '../proto/errors';
 import { decodeChunk, splitIntoChunks } from '../proto/chunks';
 import { exitStatus } from '../proto/exit-status';
 import type { CompileRequest__Output } from '../proto/generated/ferry/v1/CompileRequest';
+import type { SourceFile__Output } from '../proto/generated/ferry/v1/SourceFile';
 import type { CompileReply } from '../proto/generated/ferry/v1/CompileReply';
 import type { JobHeader__Output } from '../proto/generated/ferry/v1/JobHeader';
 import type { Language__Output } from '../proto/generated/ferry/v1/Language';
 import { checkJobArgs } from './arg-policy';
+import { diagnosticFiles, hasLocatedDiagnostics, lineMarkerPaths, mirrorPath, rewriteLineMarkers } from './excerpts';
 import type { CompilerTable } from './compilers';
 import { isLocalPeer } from './listen';
 import type { Slots } from './slots';
@@ -115,6 +117,27 @@ function validateHeader(header: JobHeader__Output, deps: CompileDeps) {
   return compiler;
 }
 
+/** Limits on the files a client sends for source excerpts. */
+const MAX_EXCERPT_FILES = 64;
+const EXCERPT_FILES_TIMEOUT_MS = 30_000;
+
+/** Waits for the client's SourceFiles, after the source: resolves undefined on timeout or end. */
+function awaitSourceFiles(call: Call, timeoutMs: number): Promise<SourceFile__Output[] | undefined> {
+  return new Promise((resolve) => {
+    const done = (files: SourceFile__Output[] | undefined) => {
+      clearTimeout(timer);
+      call.off('data', onData);
+      call.off('end', onEnd);
+      resolve(files);
+    };
+    const onData = (message: CompileRequest__Output) => done(message.part === 'files' ? (message.files?.files ?? []) : undefined);
+    const onEnd = () => done(undefined);
+    const timer = setTimeout(() => done(undefined), timeoutMs);
+    call.on('data', onData);
+    call.once('end', onEnd);
+  });
+}
+
 /** Reads the request stream up to its SourceEnd. */
 function receiveJob(call: Call, deps: CompileDeps): Promise<{ header: JobHeader__Output; source: Buffer }> {
   return new Promise((resolve, reject) => {
@@ -126,9 +149,11 @@ function receiveJob(call: Call, deps: CompileDeps): Promise<{ header: JobHeader_
       if (settled) return;
       settled = true;
       call.off('data', onData);
+      call.off('end', onEnd);
       if (err) reject(err);
       else resolve({ header: header!, source: Buffer.concat(parts, size) });
     };
+    const onEnd = () => finish(new JobRefused(grpc.status.DATA_LOSS, 'truncated', 'request stream ended before the source was complete'));
     const onData = (message: CompileRequest__Output) => {
       try {
         if (message.part === 'header' && message.header && !header) {
@@ -161,9 +186,7 @@ function receiveJob(call: Call, deps: CompileDeps): Promise<{ header: JobHeader_
       }
     };
     call.on('data', onData);
-    call.once('end', () =>
-      finish(new JobRefused(grpc.status.DATA_LOSS, 'truncated', 'request stream ended before the source was complete')),
-    );
+    call.once('end', onEnd);
     call.once('error', finish);
   });
 }
@@ -240,7 +263,8 @@ function compilerEnv(header: JobHeader__Output, jobDir: string): NodeJS.ProcessE
   return env;
 }
 
-async function sendOutputs(call: Call, header: JobHeader__Output, jobDir: string, run: CompilerRun, deps: CompileDeps, timings: { queuedUs: number; receiveUs: number; compileUs: number }) {
+/** Streams the outputs of a successful compile; returns their sizes. */
+async function sendOutputs(call: Call, header: JobHeader__Output, jobDir: string, run: CompilerRun, deps: CompileDeps): Promise<number[]> {
   const sizes: number[] = [];
   for (let index = 0; index < header.outputs.length; index++) {
     if (run.exitCode !== 0) {
@@ -263,10 +287,58 @@ async function sendOutputs(call: Call, header: JobHeader__Output, jobDir: string
     sizes.push(data.length);
     for (const chunk of splitIntoChunks(data)) call.write({ output: { output: index, chunk } });
   }
-  call.write({
-    result: { exitCode: run.exitCode, signal: run.signal, stdout: run.stdout, stderr: run.stderr, outputSizes: sizes, timings },
-  });
-  call.end();
+  return sizes;
+}
+
+/**
+ * Compiles again with the files the diagnostics name placed in a mirror of their paths, so gcc can
+ * print their source lines. Returns the diagnostics of that run, or undefined to keep the first.
+ */
+async function diagnosticsWithExcerpts(
+  call: Call,
+  header: JobHeader__Output,
+  source: Buffer,
+  jobDir: string,
+  first: CompilerRun,
+  compilerPath: string,
+  deps: CompileDeps,
+  signal: AbortSignal,
+): Promise<CompilerRun | undefined> {
+  const text = source.toString('utf8');
+  const known = lineMarkerPaths(text);
+  const wanted = diagnosticFiles(first.stderr.toString('utf8'))
+    .filter((path) => known.has(path))
+    .slice(0, MAX_EXCERPT_FILES);
+  if (wanted.length === 0) return undefined;
+  const reply = awaitSourceFiles(call, EXCERPT_FILES_TIMEOUT_MS);
+  call.write({ wanted: { paths: wanted } });
+  const files = await reply;
+  if (!files) return undefined;
+
+  const root = join(jobDir, 'mirror');
+  const cwd = header.cwd || '/';
+  const renames = new Map<string, string>();
+  let budget = deps.limits.maxSourceBytes;
+  for (const file of files) {
+    if (file.missing || !file.content || !wanted.includes(file.path)) continue;
+    const target = mirrorPath(root, cwd, file.path);
+    if (!target) continue;
+    const content = decodeChunk(file.content, budget);
+    budget -= content.length;
+    await mkdir(dirname(target), { recursive: true });
+    await writeFile(target, content, { mode: 0o600 });
+    // Absolute names would point outside the mirror: the line markers name the mirror copy instead.
+    if (isAbsolute(file.path)) renames.set(file.path, target);
+  }
+  const input = join(jobDir, 'excerpts.' + SOURCE_EXTENSION[header.language]);
+  await writeFile(input, rewriteLineMarkers(text, renames), { mode: 0o600 });
+  const workDir = join(root, cwd);
+  await mkdir(workDir, { recursive: true });
+  const again = await runCompiler(compilerPath, [...header.args, '-o', join(jobDir, 'excerpts.out'), input], workDir, compilerEnv(header, jobDir), deps, signal);
+  // The same compile must fail or succeed the same way; anything else and the first run stands.
+  if (again.exitCode !== first.exitCode) return undefined;
+  const unmirror = (b: Buffer) => Buffer.from(b.toString('utf8').split(root).join(''));
+  return { ...again, stdout: unmirror(again.stdout), stderr: unmirror(again.stderr) };
 }
 
 export function makeCompileHandler(deps: CompileDeps) {
@@ -306,7 +378,22 @@ export function makeCompileHandler(deps: CompileDeps) {
         const compileUs = micros(compileAt);
         deps.counters.jobsDone++;
         if (aborter.signal.aborted) return;
-        await sendOutputs(call, header, jobDir, run, deps, { queuedUs, receiveUs, compileUs });
+        const outputSizes = await sendOutputs(call, header, jobDir, run, deps);
+        let shown = run;
+        if (header.sourceExcerpts && hasLocatedDiagnostics(run.stderr.toString('utf8'))) {
+          shown = (await diagnosticsWithExcerpts(call, header, source, jobDir, run, compiler.path, deps, aborter.signal)) ?? run;
+        }
+        call.write({
+          result: {
+            exitCode: run.exitCode,
+            signal: run.signal,
+            stdout: shown.stdout,
+            stderr: shown.stderr,
+            outputSizes,
+            timings: { queuedUs, receiveUs, compileUs },
+          },
+        });
+        call.end();
         deps.log(`job ${jobId} ${header.sourceName || '?'}: ${header.compiler} exit ${run.exitCode} in ${(compileUs / 1000).toFixed(0)} ms`);
       } finally {
         release();
