@@ -8,6 +8,7 @@ import { Command } from 'commander';
 import { errorMessage } from '../proto/errors';
 import { FERRY_VERSION } from '../proto/version';
 import { classify } from '../coordinator/classify';
+import { expandResponseFiles } from '../coordinator/response-file';
 import { runtimePaths, stateDir } from '../coordinator/paths';
 import { countLauncherFallbacks, StatsStore } from '../coordinator/stats';
 import { runCoordinator } from '../coordinator/main';
@@ -104,7 +105,7 @@ export function buildProgram(): Command {
     .passThroughOptions()
     .allowUnknownOption()
     .action((command: string[], options: { json?: boolean }) => {
-      const decision = classify(command);
+      const decision = classify(expandResponseFiles(command, process.cwd()));
       if (options.json) {
         const reason = decision.decision === 'local' ? `${decision.reason}: ${decision.detail}` : 'distributable';
         process.stdout.write(`${JSON.stringify({ decision: decision.decision, reason })}\n`);

@@ -122,8 +122,9 @@ const OPTIONS: OptionRule[] = [
   R('-nostdinc++', 'flag', 'cpp'),
   R('-undef', 'flag', 'cpp'),
   R('-H', 'flag', 'cpp'),
-  R('-Xpreprocessor', 'separate', 'local'),
-  P('-Wp,', 'joined', 'local'),
+  // Options for the preprocessor itself (-Wp,-MD,file writes the .d here, exactly as a local compile).
+  R('-Xpreprocessor', 'separate', 'cpp'),
+  P('-Wp,', 'joined', 'cpp'),
   // Options that load code, write extra files or describe this machine: local.
   LOCAL('-fplugin', true),
   LOCAL('-specs', true),

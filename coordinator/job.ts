@@ -12,6 +12,7 @@ import type { LaunchRequest__Output } from '../proto/generated/ferry/launcher/v1
 import type { JobRecord } from '../proto/generated/ferry/coordinator/v1/JobRecord';
 import type { Slots } from '../worker/slots';
 import { classify, type RemotePlan } from './classify';
+import { expandResponseFiles } from './response-file';
 import { identifyCompiler, type LocalCompiler } from './compiler-id';
 import type { Host } from './host';
 import { removeOutput, writeAtomically } from './object-writer';
@@ -86,9 +87,10 @@ function done(exitCode: number, stdout: Buffer, stderr: Buffer): LaunchReply {
 
 export async function runJob(request: LaunchRequest__Output, context: JobContext, signal: AbortSignal): Promise<LaunchReply> {
   const started = Date.now();
-  const decision = classify(request.argv);
+  const argv = expandResponseFiles(request.argv, request.cwd);
+  const decision = classify(argv);
   // For the job list: the source when there is one, else the first file named (a link's first object).
-  const source = decision.decision === 'remote' ? decision.plan.source : (request.argv.slice(1).find((a) => !a.startsWith('-')) ?? '');
+  const source = decision.decision === 'remote' ? decision.plan.source : (argv.slice(1).find((a) => !a.startsWith('-')) ?? '');
   const finish = (where: string, reason: string, exitCode: number) =>
     context.record({ source, where, reason, exitCode, millis: Date.now() - started, finished: new Date().toISOString() });
 
@@ -147,7 +149,7 @@ export async function runJob(request: LaunchRequest__Output, context: JobContext
 
   const outputPath = resolve(request.cwd, plan.output);
   // gcc colours diagnostics when its stderr is a terminal; here its stderr is a pipe, the user's is not.
-  if (wantsColour(request, env)) {
+  if (wantsColour({ stderrIsTty: request.stderrIsTty, argv }, env)) {
     plan.cppArgs.unshift('-fdiagnostics-color=always');
     plan.compileArgs.unshift('-fdiagnostics-color=always');
   }

@@ -51,7 +51,7 @@ const say = (line) => process.stderr.write(`job-cpu: ${line}\n`);
 // Everything started here is recorded, and cleanup() stops it by pid whatever happens (normal end,
 // exception, overall timeout, Ctrl-C). It is synchronous so it can also run from a timer or signal.
 // ---------------------------------------------------------------------------------------------
-const started = []; // { name, pid, group } in start order; group = started detached, so -pid is its own group
+const started = []; // { name, pid, group, exited } in start order; group: started detached, so -pid is its whole group
 let ferryEnv; // set once the Ferry setup exists, so cleanup knows to ask the coordinator to stop
 let coordinatorPid;
 let cleanedUp = false;

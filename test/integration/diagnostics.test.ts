@@ -92,3 +92,16 @@ describe('diagnostics through Ferry', () => {
     expect(readdirSync(join(dir, 'tmp', root))).toEqual([]);
   });
 });
+
+describe('response files through Ferry', () => {
+  it('expands @file here and compiles remotely into the same object', async () => {
+    writeFileSync(join(dir, 'flags.rsp'), '-O2 "-DGREETING=\\"hi there\\"" -Wall\n-c src/hello.c\n');
+    const { local, remote } = await both('gcc', ['@flags.rsp']);
+    expect(local.code).toBe(0);
+    expect(remote.code, remote.stderr).toBe(0);
+    expect(remote.stderr).toBe(local.stderr);
+    expect(readFileSync(join(dir, 'remote.o')).equals(readFileSync(join(dir, 'local.o')))).toBe(true);
+    const explain = await run(process.execPath, [CLI_MAIN, 'explain', '--json', 'gcc', '@flags.rsp'], { cwd: dir, env });
+    expect(JSON.parse(explain.stdout)).toEqual({ decision: 'remote', reason: 'distributable' });
+  });
+});
