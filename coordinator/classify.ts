@@ -21,6 +21,9 @@ export type LocalReason =
   | 'unsupported-compiler'
   | 'configure-probe' // autoconf's conftest.c and CMake's compiler checks: tiny, and they probe this machine
   | 'native-arch' // -march=native and friends describe this machine, not the remote one
+  | 'debug-macros' // -g3: the split at -fdirectives-only changes the macro information
+  | 'split-dwarf' // -gsplit-dwarf: the .dwo is not brought back yet
+  | 'records-command-line' // -frecord-gcc-switches writes the remote command line into the object
   | 'syntax-only';
 
 export interface RemotePlan {
@@ -138,11 +141,11 @@ const OPTIONS: OptionRule[] = [
   LOCAL('-fdump-', true),
   LOCAL('-fcallgraph-info', true),
   LOCAL('-fstack-usage', false),
-  LOCAL('-frecord-gcc-switches', false),
+  LOCAL('-frecord-gcc-switches', false, 'records-command-line'),
   LOCAL('-fdirectives-only', false),
-  LOCAL('-gsplit-dwarf', false),
-  LOCAL('-g3', false),
-  LOCAL('-ggdb3', false),
+  LOCAL('-gsplit-dwarf', false, 'split-dwarf'),
+  LOCAL('-g3', false, 'debug-macros'),
+  LOCAL('-ggdb3', false, 'debug-macros'),
   LOCAL('-march=native', false, 'native-arch'),
   LOCAL('-mtune=native', false, 'native-arch'),
   LOCAL('-mcpu=native', false, 'native-arch'),
