@@ -24,7 +24,8 @@ export type LocalReason =
   | 'debug-macros' // -g3: the split at -fdirectives-only changes the macro information
   | 'split-dwarf' // -gsplit-dwarf: the .dwo is not brought back yet
   | 'records-command-line' // -frecord-gcc-switches writes the remote command line into the object
-  | 'syntax-only';
+  | 'syntax-only'
+  | 'ccache-in-front'; // `ferry ccache gcc`: ccache runs first and sends its misses back to ferry
 
 export interface RemotePlan {
   /** The compiler as the user named it. */
@@ -245,6 +246,7 @@ export function impliedDepFile(output: string): string {
 export function classify(argv: readonly string[]): Classification {
   const [compiler, ...args] = argv;
   if (!compiler) return local('not-a-compile', 'no compiler named');
+  if (basename(compiler) === 'ccache') return local('ccache-in-front', 'ccache runs first, with CCACHE_PREFIX=ferry');
   if (!isGccFamily(compiler)) {
     return local('unsupported-compiler', `${basename(compiler)} is not a gcc-family compiler Ferry distributes yet`);
   }

@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { errorMessage } from '../proto/errors';
 import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchReply';
 import type { LaunchRequest__Output } from '../proto/generated/ferry/launcher/v1/LaunchRequest';
@@ -25,6 +25,8 @@ import type { Notices } from './notices';
 import type { StatsStore } from './stats';
 
 export const LAUNCHER_PROTOCOL = 1;
+/** The native launcher of this installation (dist/bin/ferry). */
+const LAUNCHER_PATH = join(__dirname, '..', 'bin', 'ferry');
 /** A job that goes wrong on one host is tried on one more before it compiles locally. */
 const REMOTE_ATTEMPTS = 2;
 const REMOTE_DEADLINE_MS = 30 * 60_000;
@@ -106,7 +108,15 @@ export async function runJob(request: LaunchRequest__Output, context: JobContext
   if (request.protocol !== LAUNCHER_PROTOCOL) {
     return runLocally('protocol-mismatch', `launcher protocol ${request.protocol}`, 'the ferry launcher and coordinator are different versions (run `ferry stop`)');
   }
-  if (decision.decision === 'local') return runLocally(decision.reason, decision.detail);
+  if (decision.decision === 'local') {
+    // `ferry ccache gcc …`: ccache goes first, and calls ferry back for its misses.
+    if (decision.reason === 'ccache-in-front') {
+      const env = envFromList(request.env);
+      context.log(`ccache in front of ${argv[1] ?? '?'}: its misses come back through CCACHE_PREFIX`);
+      return { action: 'RUN_LOCALLY', env: env.CCACHE_PREFIX ? [] : [`CCACHE_PREFIX=${LAUNCHER_PATH}`] };
+    }
+    return runLocally(decision.reason, decision.detail);
+  }
   const plan = decision.plan;
   const env = envFromList(request.env);
 
@@ -162,7 +172,7 @@ export async function runJob(request: LaunchRequest__Output, context: JobContext
     releaseCpp();
   }
   const stats = context.stats.stats;
-  stats.time.preprocess += Date.now() - cppStarted;
+  if (!plan.preprocessed) stats.time.preprocess += Date.now() - cppStarted;
   if (pre.exitCode !== 0) {
     stats.jobs.preprocessErrors++;
     context.stats.changed();

@@ -419,11 +419,16 @@ static int skip_field(const uint8_t **p, const uint8_t *end, unsigned wire, uint
     }
 }
 
+#define MAX_REPLY_ENV 16
+
 struct reply {
     uint64_t action;
     int32_t exit_code;
     const uint8_t *out, *err, *notice;
     size_t out_len, err_len, notice_len;
+    /* KEY=VALUE pairs to set before running locally (e.g. CCACHE_PREFIX for `ferry ccache gcc`). */
+    char *env[MAX_REPLY_ENV];
+    size_t env_count;
 };
 
 static int decode_reply(const uint8_t *p, const uint8_t *end, struct reply *r) {
@@ -443,6 +448,13 @@ static int decode_reply(const uint8_t *p, const uint8_t *end, struct reply *r) {
             size_t *dst_len = field == 3 ? &r->out_len : field == 4 ? &r->err_len : &r->notice_len;
             *dst = p;
             *dst_len = (size_t)v;
+            p += v;
+        } else if (field == 6 && wire == 2) {
+            if (get_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p)) return -1;
+            if (r->env_count < MAX_REPLY_ENV && memchr(p, '=', (size_t)v)) {
+                r->env[r->env_count] = strndup((const char *)p, (size_t)v);
+                if (r->env[r->env_count]) r->env_count++;
+            }
             p += v;
         } else if (skip_field(&p, end, wire, field, 0) != 0) {
             return -1;
@@ -505,6 +517,7 @@ static _Noreturn void run_job(int fd) {
         exit(out_failed && r.exit_code == 0 ? 1 : r.exit_code);
     }
     if (r.action == ACTION_RUN_LOCALLY) {
+        for (size_t i = 0; i < r.env_count; i++) putenv(r.env[i]);
         if (r.notice_len) {
             write_all(2, r.notice, r.notice_len);
             if (r.notice[r.notice_len - 1] != '\n') write_all(2, "\n", 1);

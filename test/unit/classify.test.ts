@@ -111,7 +111,8 @@ const CASES: Array<[string, string]> = [
   ['clang -c a.c -o a.o', 'unsupported-compiler'],
   ['clang++ -c a.cc -o a.o', 'unsupported-compiler'],
   ['nvcc -c a.cu', 'unsupported-compiler'],
-  ['ccache gcc -c a.c', 'unsupported-compiler'],
+  ['ccache gcc -c a.c', 'ccache-in-front'],
+  ['/usr/bin/ccache g++ -c a.cc -o a.o', 'ccache-in-front'],
   ['ld a.o -o b', 'unsupported-compiler'],
 ];
 

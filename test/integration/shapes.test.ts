@@ -1,0 +1,181 @@
+/**
+ * The shapes real builds give a compiler launcher: ccache in front of it or behind it, a
+ * masquerading symlink, already preprocessed input, odd file names, empty and very large sources,
+ * many jobs at once. Each compile goes through the real launcher and coordinator to a worker, and
+ * each result is compared with a local compile.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CLI_MAIN, LAUNCHER, run, startProcess, WORKER_MAIN, type Started } from '../support/processes';
+
+let dir: string;
+let worker: Started;
+let env: NodeJS.ProcessEnv;
+
+const stats = async () => JSON.parse((await run(process.execPath, [CLI_MAIN, 'stats', '--json'], { env })).stdout);
+const zero = () => run(process.execPath, [CLI_MAIN, 'stats', '--zero'], { env });
+const same = (a: string, b: string) => readFileSync(join(dir, a)).equals(readFileSync(join(dir, b)));
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'ferry-shapes-'));
+  worker = await startProcess(process.execPath, [WORKER_MAIN, '--listen', `unix:${join(dir, 'w.sock')}`, '--slots', '4', '--allow', 'gcc,g++,cc'], /listening on/);
+  env = {
+    ...process.env,
+    FERRY_RUNTIME_DIR: join(dir, 'run'),
+    FERRY_STATE_DIR: join(dir, 'state'),
+    FERRY_HOSTS: `w/4,direct=${join(dir, 'w.sock')}`,
+    CCACHE_DIR: join(dir, 'ccache'),
+  };
+  delete env.NODE_EXTRA_CA_CERTS;
+  delete env.CCACHE_PREFIX;
+  writeFileSync(join(dir, 'x.c'), '#include <stdlib.h>\nint twice(int v) { return abs(v) * 2; }\n');
+});
+
+afterAll(async () => {
+  await run(process.execPath, [CLI_MAIN, 'stop'], { env });
+  await worker?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('ccache and masquerading', () => {
+  it('`ferry ccache gcc` runs ccache first, which sends its miss back through ferry', async () => {
+    await zero();
+    const miss = await run(LAUNCHER, ['ccache', 'gcc', '-O2', '-c', 'x.c', '-o', 'ccache1.o'], { cwd: dir, env });
+    expect(miss.code, miss.stderr).toBe(0);
+    expect((await stats()).jobs.remote).toBe(1);
+    const hit = await run(LAUNCHER, ['ccache', 'gcc', '-O2', '-c', 'x.c', '-o', 'ccache2.o'], { cwd: dir, env });
+    expect(hit.code, hit.stderr).toBe(0);
+    expect((await stats()).jobs.remote).toBe(1);
+    execFileSync('gcc', ['-O2', '-c', 'x.c', '-o', 'local.o'], { cwd: dir });
+    expect(same('ccache1.o', 'local.o') && same('ccache2.o', 'local.o')).toBe(true);
+  });
+
+  it('a symlink named gcc that points at ferry compiles remotely with the real gcc', async () => {
+    await zero();
+    mkdirSync(join(dir, 'masq'));
+    symlinkSync(LAUNCHER, join(dir, 'masq', 'gcc'));
+    const masqEnv = { ...env, PATH: `${join(dir, 'masq')}:${env.PATH}` };
+    const result = await run('gcc', ['-O2', '-c', 'x.c', '-o', 'masq.o'], { cwd: dir, env: masqEnv });
+    expect(result.code, result.stderr).toBe(0);
+    execFileSync('gcc', ['-O2', '-c', 'x.c', '-o', 'local.o'], { cwd: dir });
+    expect(same('masq.o', 'local.o')).toBe(true);
+    expect((await stats()).jobs.remote).toBe(1);
+  });
+
+  it('sends an already preprocessed .i as it is (ccache run_second_cpp=false)', async () => {
+    await zero();
+    execFileSync('gcc', ['-O2', '-E', 'x.c', '-o', 'x.i'], { cwd: dir });
+    const result = await run(LAUNCHER, ['gcc', '-O2', '-c', 'x.i', '-o', 'fromi.o'], { cwd: dir, env });
+    expect(result.code, result.stderr).toBe(0);
+    execFileSync('gcc', ['-O2', '-c', 'x.i', '-o', 'locali.o'], { cwd: dir });
+    expect(same('fromi.o', 'locali.o')).toBe(true);
+    const s = await stats();
+    expect(s.jobs.remote).toBe(1);
+    expect(s.bytes.sourceRaw).toBe(statSync(join(dir, 'x.i')).size);
+
+    // The same through ccache with run_second_cpp=false: ccache preprocesses, ferry does not again.
+    await zero();
+    const ccacheEnv = { ...env, CCACHE_PREFIX: LAUNCHER, CCACHE_NOCPP2: '1', CCACHE_DIR: join(dir, 'ccache-nocpp2') };
+    const viaCcache = await run('ccache', ['gcc', '-O2', '-c', 'x.c', '-o', 'nocpp2.o'], { cwd: dir, env: ccacheEnv });
+    expect(viaCcache.code, viaCcache.stderr).toBe(0);
+    const t = await stats();
+    expect(t.jobs.remote).toBe(1);
+    // What travelled is ccache's plain `gcc -E` output (the size of x.i above), not a second,
+    // -fdirectives-only preprocessing of x.c by Ferry (which is larger).
+    expect(t.bytes.sourceRaw).toBe(statSync(join(dir, 'x.i')).size);
+    expect(execFileSync('gcc', ['-O2', '-E', '-fdirectives-only', 'x.c'], { cwd: dir }).length).not.toBe(t.bytes.sourceRaw);
+  });
+});
+
+describe('file names and sizes', () => {
+  it.each([
+    ['sub dir/with space.c'],
+    ['comma,dir/a,b.c'],
+    ['ünïcödé/nåme.c'],
+    ['back\\slash/b\\s.c'],
+    ['quote"dir/q.c'],
+  ])('compiles %s remotely, same object, same warning text', async (name) => {
+    await zero();
+    mkdirSync(join(dir, name, '..'), { recursive: true });
+    writeFileSync(join(dir, name), '#include <stdio.h>\nint show(void) { int unused; return printf("%s\\n", __FILE__); }\n');
+    const local = await run('gcc', ['-g', '-Wall', '-c', name, '-o', 'local.o'], { cwd: dir });
+    const remote = await run(LAUNCHER, ['gcc', '-g', '-Wall', '-c', name, '-o', 'remote.o'], { cwd: dir, env });
+    expect(remote.code, remote.stderr).toBe(0);
+    expect(remote.stderr).toBe(local.stderr);
+    expect(remote.stderr).toMatch(/unused variable/);
+    // With -g the only allowed difference is DW_AT_producer; compare everything but .debug_* here.
+    const sections = (f: string) => execFileSync('sh', ['-c', `objdump -s -j .text -j .rodata -j .data ${f}`], { cwd: dir, encoding: 'utf8' }).replace(/^.*file format.*$/m, '');
+    expect(sections('remote.o')).toBe(sections('local.o'));
+    expect((await stats()).jobs.remote).toBe(1);
+  });
+
+  it('compiles an empty source', async () => {
+    writeFileSync(join(dir, 'empty.c'), '');
+    const remote = await run(LAUNCHER, ['gcc', '-O2', '-c', 'empty.c', '-o', 'empty-remote.o'], { cwd: dir, env });
+    expect(remote.code, remote.stderr).toBe(0);
+    execFileSync('gcc', ['-O2', '-c', 'empty.c', '-o', 'empty-local.o'], { cwd: dir });
+    expect(same('empty-remote.o', 'empty-local.o')).toBe(true);
+  });
+
+  it('compiles a 200,000-line source', async () => {
+    await zero();
+    const lines = Array.from({ length: 200_000 }, (_, i) => `int v${i} = ${i};`);
+    writeFileSync(join(dir, 'big.c'), `${lines.join('\n')}\n`);
+    const remote = await run(LAUNCHER, ['gcc', '-O0', '-c', 'big.c', '-o', 'big-remote.o'], { cwd: dir, env, timeoutMs: 300_000 });
+    expect(remote.code, remote.stderr).toBe(0);
+    execFileSync('gcc', ['-O0', '-c', 'big.c', '-o', 'big-local.o'], { cwd: dir });
+    expect(same('big-remote.o', 'big-local.o')).toBe(true);
+    const s = await stats();
+    expect(s.jobs.remote).toBe(1);
+    expect(s.bytes.sourceSent).toBeLessThan(s.bytes.sourceRaw);
+  });
+
+  it('runs 50 jobs at once, every object correct', async () => {
+    await zero();
+    mkdirSync(join(dir, 'many'));
+    for (let i = 0; i < 50; i++) {
+      writeFileSync(join(dir, 'many', `f${i}.c`), `#include <string.h>\nint f${i}(const char *s) { return (int)strlen(s) + ${i}; }\n`);
+    }
+    const results = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => run(LAUNCHER, ['gcc', '-O2', '-c', `many/f${i}.c`, '-o', `many/f${i}.o`], { cwd: dir, env, timeoutMs: 300_000 })),
+    );
+    for (const [i, r] of results.entries()) expect(r.code, `job ${i}: ${r.stderr}`).toBe(0);
+    for (let i = 0; i < 50; i++) {
+      execFileSync('gcc', ['-O2', '-c', `many/f${i}.c`, '-o', `many/f${i}.local.o`], { cwd: dir });
+      expect(same(`many/f${i}.o`, `many/f${i}.local.o`), `f${i}.o`).toBe(true);
+    }
+    const s = await stats();
+    expect(s.jobs.remote).toBe(50);
+    expect(s.jobs.local).toBe(0);
+  });
+});
+
+describe('dependency files', () => {
+  it.each([
+    [['-MD']],
+    [['-MMD', '-MP']],
+    [['-MD', '-MF', 'deps/custom.d', '-MT', 'custom-target']],
+    [['-MMD', '-MQ', '$(weird) target']],
+    [['-Wp,-MD,deps/wp.d']],
+  ])('%j writes the same .d file as a local compile', async (flags) => {
+    mkdirSync(join(dir, 'deps'), { recursive: true });
+    mkdirSync(join(dir, 'dl'), { recursive: true });
+    mkdirSync(join(dir, 'dr'), { recursive: true });
+    // Same object path for both runs, so the .d files name the same target; outputs moved aside.
+    const depFile = flags.includes('-MF') ? 'deps/custom.d' : flags[0].startsWith('-Wp') ? 'deps/wp.d' : 'deps/x.d';
+    const args = ['-O2', ...flags, '-c', 'x.c', '-o', 'deps/x.o'];
+    const compile = async (command: string, commandArgs: string[], into: string) => {
+      const r = await run(command, commandArgs, { cwd: dir, env });
+      expect(r.code, r.stderr).toBe(0);
+      execFileSync('mv', [join(dir, depFile), join(dir, into, 'x.d')]);
+    };
+    await compile('gcc', args, 'dl');
+    await zero();
+    await compile(LAUNCHER, ['gcc', ...args], 'dr');
+    expect((await stats()).jobs.remote).toBe(1);
+    expect(readFileSync(join(dir, 'dr', 'x.d'), 'utf8')).toBe(readFileSync(join(dir, 'dl', 'x.d'), 'utf8'));
+  });
+});
