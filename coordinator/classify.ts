@@ -25,11 +25,16 @@ export type LocalReason =
   | 'split-dwarf' // -gsplit-dwarf: the .dwo is not brought back yet
   | 'records-command-line' // -frecord-gcc-switches writes the remote command line into the object
   | 'syntax-only'
+  | 'clang-debug-info' // clang -g: DWARF 5 line tables hash the source file, which the remote one is not
   | 'ccache-in-front'; // `ferry ccache gcc`: ccache runs first and sends its misses back to ferry
+
+export type CompilerFamily = 'gcc' | 'clang';
 
 export interface RemotePlan {
   /** The compiler as the user named it. */
   compiler: string;
+  /** gcc preprocesses with -fdirectives-only, clang with -frewrite-includes. */
+  family: CompilerFamily;
   language: Language;
   /** The source as named on the command line. */
   source: string;
@@ -208,12 +213,24 @@ const X_LANGUAGES: Record<string, { language: Language; preprocessed: boolean }>
   'objective-c++-cpp-output': { language: 'OBJCXX', preprocessed: true },
 };
 
-/** gcc, g++, cc, c++ with an optional target prefix and version suffix. */
+/** gcc, g++, cc, c++ (or clang, clang++) with an optional target prefix and version suffix. */
 const GCC_NAME = /^(?:[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*-)?(?:gcc|g\+\+|cc|c\+\+)(?:-\d+(?:\.\d+)*)?$/;
+const CLANG_NAME = /^(?:[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*-)?(?:clang|clang\+\+)(?:-\d+(?:\.\d+)*)?$/;
 
-export function isGccFamily(compiler: string): boolean {
-  return GCC_NAME.test(basename(compiler));
+export function compilerFamily(compiler: string): CompilerFamily | undefined {
+  const name = basename(compiler);
+  if (GCC_NAME.test(name)) return 'gcc';
+  if (CLANG_NAME.test(name)) return 'clang';
+  return undefined;
 }
+
+/**
+ * clang's -frewrite-includes expands includes but not macros: macro options must reach the remote
+ * compile too, and a few options have no equivalent there.
+ */
+const CLANG_BOTH = (arg: string) => arg.startsWith('-D') || arg.startsWith('-U');
+const CLANG_LOCAL = (arg: string) =>
+  arg === '-imacros' || arg.startsWith('-fmodules') || arg.startsWith('-fcoverage-mapping') || arg === '-gmodules' || arg.startsWith('-fprebuilt-module');
 
 function isConfigureProbe(source: string): boolean {
   const name = basename(source);
@@ -226,6 +243,16 @@ function isConfigureProbe(source: string): boolean {
 }
 
 const local = (reason: LocalReason, detail: string): Classification => ({ decision: 'local', reason, detail });
+
+/** Debug information is on: the last -g option that is not -g0 wins, as for the compiler. */
+export function wantsDebugInfo(args: readonly string[]): boolean {
+  let on = false;
+  for (const arg of args) {
+    if (arg === '-g0') on = false;
+    else if (arg.startsWith('-g') && !arg.startsWith('-gno-') && !arg.startsWith('-gcolumn-info') && arg !== '-gz') on = true;
+  }
+  return on;
+}
 
 /** The output a compiler names by itself: the source's base name with .o (or .s), in the working directory. */
 export function impliedOutput(source: string, kind: 'OBJECT' | 'ASSEMBLY'): string {
@@ -247,8 +274,9 @@ export function classify(argv: readonly string[]): Classification {
   const [compiler, ...args] = argv;
   if (!compiler) return local('not-a-compile', 'no compiler named');
   if (basename(compiler) === 'ccache') return local('ccache-in-front', 'ccache runs first, with CCACHE_PREFIX=ferry');
-  if (!isGccFamily(compiler)) {
-    return local('unsupported-compiler', `${basename(compiler)} is not a gcc-family compiler Ferry distributes yet`);
+  const family = compilerFamily(compiler);
+  if (!family) {
+    return local('unsupported-compiler', `${basename(compiler)} is not a gcc or clang compiler`);
   }
 
   let mode: '-c' | '-S' | undefined;
@@ -275,6 +303,7 @@ export function classify(argv: readonly string[]): Classification {
       else sources.push({ path: arg, ...kind });
       continue;
     }
+    if (family === 'clang' && CLANG_LOCAL(arg)) return local('unsupported-option', arg);
     const rule = findRule(arg);
     let value: string | undefined;
     let taken: string[] = [arg];
@@ -312,10 +341,14 @@ export function classify(argv: readonly string[]): Classification {
           xLanguage = kind;
         }
         cppArgs.push(...taken);
+        // clang compiles a source file (not cpp output) remotely; its language must be said again.
+        // Joined (-xc++): the worker takes options only, never a lone value.
+        if (family === 'clang') compileArgs.push(taken.join(''));
         break;
       }
       case 'cpp':
         cppArgs.push(...taken);
+        if (family === 'clang' && CLANG_BOTH(arg)) compileArgs.push(taken.join(''));
         break;
       case 'deps':
         if (arg === '-MD' || arg === '-MMD') depsRequested = true;
@@ -335,6 +368,9 @@ export function classify(argv: readonly string[]): Classification {
   }
 
   if (!mode) return local('not-a-compile', 'no -c or -S: linking or a query');
+  if (family === 'clang' && wantsDebugInfo(args)) {
+    return local('clang-debug-info', 'clang -g records an MD5 of the source in its line table; the remote source differs');
+  }
   if (unsupportedInputs.length > 0) {
     return local('unsupported-language', `${unsupportedInputs[0]}: assembler sources and headers compile locally`);
   }
@@ -359,6 +395,7 @@ export function classify(argv: readonly string[]): Classification {
     decision: 'remote',
     plan: {
       compiler,
+      family,
       language: source.language,
       source: source.path,
       preprocessed: source.preprocessed,

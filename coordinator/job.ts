@@ -231,14 +231,16 @@ async function compileOnSomeHost(
     jobId: randomBytes(6).toString('hex'),
     compiler: compiler.name,
     compilerVersion: compiler.version,
-    args: remoteCompileArgs(plan),
+    args: remoteCompileArgs(plan, cwd),
     language: plan.language,
     outputs: [{ kind: plan.outputKind, name: plan.outputKind === 'OBJECT' ? 'out.o' : 'out.s' }],
     sourceSize: source.length,
     sourceName: plan.source,
     env: Object.fromEntries(Object.entries(env).filter(([name]) => REMOTE_ENV.test(name))) as Record<string, string>,
     cwd,
-    sourceExcerpts: wantsExcerpts(plan.compileArgs),
+    // clang shows excerpts from the source it compiles, which has them; gcc reads the files.
+    sourceExcerpts: plan.family === 'gcc' && wantsExcerpts(plan.compileArgs),
+    sourcePath: plan.family === 'clang' ? plan.source : '',
   };
   const readSource = (path: string) => readSourceFile(resolve(cwd, path));
   const candidates = () => context.pool.hosts.filter((h) => h.accepts(compiler));

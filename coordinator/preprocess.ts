@@ -1,7 +1,8 @@
 /**
  * Preprocessing on the initiator. gcc's `-fdirectives-only` expands includes and directives but
  * leaves the source text (comments, macro uses, token positions) for the real compile, so the
- * remote compiler's diagnostics and DWARF columns match a local build (facts.md part 3).
+ * remote compiler's diagnostics and DWARF columns match a local build (facts.md part 3). clang's
+ * equivalent is `-frewrite-includes`: includes inlined, everything else left for the compile.
  */
 import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
@@ -15,13 +16,19 @@ export interface Preprocessed {
   stderr: Buffer;
 }
 
-/** Flags the remote compile needs to read what the preprocessor wrote. */
-export function remoteCompileArgs(plan: RemotePlan): string[] {
+/** Flags the remote compile needs to read what the preprocessor wrote, as if it ran in `cwd`. */
+export function remoteCompileArgs(plan: RemotePlan, cwd: string): string[] {
+  if (plan.family === 'clang') {
+    // clang records its own working directory as DW_AT_comp_dir; the worker's is a temporary one.
+    const given = plan.compileArgs.some((a) => a.startsWith('-fdebug-compilation-dir') || a.startsWith('-ffile-compilation-dir'));
+    return given ? plan.compileArgs : [...plan.compileArgs, `-fdebug-compilation-dir=${cwd}`];
+  }
   return plan.preprocessed ? plan.compileArgs : [...plan.compileArgs, '-fdirectives-only'];
 }
 
 export function preprocessArgs(plan: RemotePlan): string[] {
-  return [...plan.cppArgs, '-E', '-fdirectives-only', plan.source];
+  const mode = plan.family === 'clang' ? '-frewrite-includes' : '-fdirectives-only';
+  return [...plan.cppArgs, '-E', mode, plan.source];
 }
 
 export async function preprocess(compilerPath: string, plan: RemotePlan, cwd: string, env: NodeJS.ProcessEnv, signal?: AbortSignal): Promise<Preprocessed> {

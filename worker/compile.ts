@@ -263,6 +263,40 @@ function compilerEnv(header: JobHeader__Output, jobDir: string): NodeJS.ProcessE
   return env;
 }
 
+/** Where the compiler runs, what it is told to compile, and what it needs for that. */
+interface PlacedSource {
+  cwd: string;
+  input: string;
+  extraArgs: string[];
+}
+
+/**
+ * Writes the job's source. Preprocessed output (gcc) names its files in its line markers, so any
+ * name does; a complete source (clang) goes under its own name in a mirror of the client's working
+ * directory, because clang names the compile unit after the file it reads.
+ */
+async function placeSource(jobDir: string, header: JobHeader__Output, source: Buffer): Promise<PlacedSource> {
+  if (!header.sourcePath) {
+    const input = `source.${SOURCE_EXTENSION[header.language]}`;
+    await writeFile(join(jobDir, input), source, { mode: 0o600 });
+    return { cwd: jobDir, input, extraArgs: [] };
+  }
+  const root = join(jobDir, 'root');
+  const cwd = header.cwd || '/';
+  const target = mirrorPath(root, cwd, header.sourcePath);
+  if (!target) {
+    throw new JobRefused(grpc.status.INVALID_ARGUMENT, 'bad-request', `source path "${header.sourcePath}" leaves the job directory`);
+  }
+  await mkdir(dirname(target), { recursive: true });
+  await writeFile(target, source, { mode: 0o600 });
+  const workDir = join(root, cwd);
+  await mkdir(workDir, { recursive: true });
+  // An absolute name is compiled from inside the mirror; its debug names are mapped back.
+  return isAbsolute(header.sourcePath)
+    ? { cwd: workDir, input: target, extraArgs: [`-fdebug-prefix-map=${root}=`] }
+    : { cwd: workDir, input: header.sourcePath, extraArgs: [] };
+}
+
 /** Streams the outputs of a successful compile; returns their sizes. */
 async function sendOutputs(call: Call, header: JobHeader__Output, jobDir: string, run: CompilerRun, deps: CompileDeps): Promise<number[]> {
   const sizes: number[] = [];
@@ -364,13 +398,12 @@ export function makeCompileHandler(deps: CompileDeps) {
       try {
         const queuedUs = micros(queuedAt);
         jobDir = await mkdtemp(join(deps.tmpRoot, 'job-'));
-        const input = `source.${SOURCE_EXTENSION[header.language]}`;
-        await writeFile(join(jobDir, input), source, { mode: 0o600 });
+        const placed = await placeSource(jobDir, header, source);
         const compileAt = process.hrtime.bigint();
         const run = await runCompiler(
           compiler.path,
-          [...header.args, '-o', header.outputs[0].name, input],
-          jobDir,
+          [...header.args, ...placed.extraArgs, '-o', join(jobDir, header.outputs[0].name), placed.input],
+          placed.cwd,
           compilerEnv(header, jobDir),
           deps,
           aborter.signal,

@@ -107,9 +107,19 @@ const CASES: Array<[string, string]> = [
   ['cc -c CMakeFiles/CMakeScratch/TryCompile-abc/testCCompiler.c -o x.o', 'configure-probe'],
   ['gcc -c /usr/share/cmake-3.25/Modules/CMakeCCompilerABI.c -o x.o', 'configure-probe'],
   ['gcc -c CMakeCCompilerId.c', 'configure-probe'],
-  // Compilers Ferry does not distribute (yet).
-  ['clang -c a.c -o a.o', 'unsupported-compiler'],
-  ['clang++ -c a.cc -o a.o', 'unsupported-compiler'],
+  // clang: distributed with -frewrite-includes, except with debug information.
+  ['clang -c a.c -o a.o', 'remote'],
+  ['clang++ -O2 -std=c++17 -c a.cc -o a.o', 'remote'],
+  ['clang-14 -DX=1 -Iinc -c a.c', 'remote'],
+  ['x86_64-linux-gnu-clang++-14 -c a.cpp', 'remote'],
+  ['clang -g -c a.c', 'clang-debug-info'],
+  ['clang -g -g0 -c a.c', 'remote'],
+  ['clang -gline-tables-only -c a.c', 'clang-debug-info'],
+  ['clang -imacros m.h -c a.c', 'unsupported-option'],
+  ['clang++ -fmodules -c a.cc', 'unsupported-option'],
+  ['clang -fprofile-instr-generate -c a.c', 'unsupported-option'],
+  // Compilers Ferry does not distribute.
+  ['icc -c a.c', 'unsupported-compiler'],
   ['nvcc -c a.cu', 'unsupported-compiler'],
   ['ccache gcc -c a.c', 'ccache-in-front'],
   ['/usr/bin/ccache g++ -c a.cc -o a.o', 'ccache-in-front'],
@@ -168,6 +178,14 @@ describe('classify', () => {
     if (decision.decision !== 'remote') throw new Error('expected remote');
     expect(decision.plan.preprocessed).toBe(true);
     expect(decision.plan.language).toBe('CXX');
+  });
+
+  it('sends clang macro options to both sides (clang -frewrite-includes keeps macros unexpanded)', () => {
+    const decision = classify(words('clang -Iinc -DX=1 -U Y -include c.h -x c++ -O2 -c a.c -o a.o'));
+    if (decision.decision !== 'remote') throw new Error('expected remote');
+    expect(decision.plan.family).toBe('clang');
+    expect(decision.plan.cppArgs).toEqual(['-Iinc', '-DX=1', '-U', 'Y', '-include', 'c.h', '-x', 'c++', '-O2']);
+    expect(decision.plan.compileArgs).toEqual(['-DX=1', '-UY', '-xc++', '-O2', '-c']);
   });
 
   it('keeps -x for the preprocessor and reads the language from it', () => {
