@@ -160,6 +160,51 @@ describe.skipIf(!support.ok)('remote builds through SSH tunnels', () => {
     expect(s.hosts.r2.jobs).toBeGreaterThan(0);
   });
 
+  it('builds the sample with make, ccache in front (CCACHE_PREFIX=ferry): cold remote, warm from the cache, all identical', async () => {
+    const env = ferryEnv({ CCACHE_PREFIX: LAUNCHER });
+    const sample = join(FIXTURES, 'sample');
+    const local = join(work, 'ccache-make-local');
+    const cached = join(work, 'ccache-make-ferry');
+    expect((await run('make', ['-s', '-C', sample, '-j4', `BUILD=${local}`, 'CC=gcc', 'objects'], { timeoutMs: 300_000 })).code).toBe(0);
+    const cold = await run('make', ['-s', '-C', sample, '-j8', `BUILD=${cached}`, 'CC=ccache gcc', 'objects'], { env, timeoutMs: 300_000 });
+    expect(cold.code, cold.stderr).toBe(0);
+    const objects = filesBelow(local, (n) => n.endsWith('.o') || n.endsWith('.d'));
+    const check = () => {
+      for (const file of objects) {
+        const a = readFileSync(join(local, file));
+        const b = readFileSync(join(cached, file));
+        if (file.endsWith('.d')) expect(b.toString().replaceAll(cached, '@'), file).toBe(a.toString().replaceAll(local, '@'));
+        else expect(b.equals(a), `${file} differs`).toBe(true);
+      }
+    };
+    check();
+    expect((await stats(env)).jobs.remote).toBe(objects.length / 2);
+    rmSync(join(cached, 'obj'), { recursive: true });
+    const warm = await run('make', ['-s', '-C', sample, '-j8', `BUILD=${cached}`, 'CC=ccache gcc', 'objects'], { env, timeoutMs: 300_000 });
+    expect(warm.code, warm.stderr).toBe(0);
+    check();
+    expect((await stats(env)).jobs.remote).toBe(objects.length / 2);
+  });
+
+  it('builds with CMake + ninja and ccache as the launcher, misses sent through ferry', async () => {
+    const env = ferryEnv({ CCACHE_PREFIX: LAUNCHER });
+    const sample = join(FIXTURES, 'sample');
+    for (const [dir, extra] of [
+      [join(work, 'cmake-ccache-local'), []],
+      [join(work, 'cmake-ccache-ferry'), ['-DCMAKE_C_COMPILER_LAUNCHER=ccache']],
+    ] as const) {
+      const configure = await run('cmake', ['-S', sample, '-B', dir, '-G', 'Ninja', '-DCMAKE_BUILD_TYPE=Release', ...extra], { env, timeoutMs: 120_000 });
+      expect(configure.code, configure.stderr).toBe(0);
+      const ninja = await run('ninja', ['-C', dir, '-j8'], { env, timeoutMs: 300_000 });
+      expect(ninja.code, ninja.stdout + ninja.stderr).toBe(0);
+    }
+    const objects = filesBelow(join(work, 'cmake-ccache-local'), (n) => n.endsWith('.o'));
+    for (const file of objects) {
+      expect(readFileSync(join(work, 'cmake-ccache-ferry', file)).equals(readFileSync(join(work, 'cmake-ccache-local', file))), `${file} differs`).toBe(true);
+    }
+    expect((await stats(env)).jobs.remote).toBe(objects.length);
+  });
+
   it('works as CMake launcher with ninja, objects identical to a plain CMake build', async () => {
     const env = ferryEnv();
     const sample = join(FIXTURES, 'sample');
