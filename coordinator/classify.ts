@@ -62,6 +62,7 @@ type Route =
   | 'output' // -o
   | 'language' // -x
   | 'drop' // meaningless for one compile (-pipe)
+  | 'compile' // the remote compile only
   | 'local'; // keeps the job local
 
 type Arity =
@@ -103,6 +104,9 @@ const OPTIONS: OptionRule[] = [
   P('-o', 'joined', 'output'),
   P('-x', 'joined', 'language'),
   R('-pipe', 'flag', 'drop'),
+  // The preprocessor must always write the working-directory line marker: the remote compile takes
+  // DW_AT_comp_dir from it (its own directory is a temporary one).
+  R('-fno-working-directory', 'flag', 'compile'),
   R('-fsyntax-only', 'flag', 'local', { reason: 'syntax-only' }),
   // Dependency files: written on this machine by the preprocessor.
   R('-MD', 'flag', 'deps'),
@@ -361,6 +365,9 @@ export function classify(argv: readonly string[]): Classification {
         compileArgs.push(...taken);
         break;
       case 'drop':
+        break;
+      case 'compile':
+        compileArgs.push(...taken);
         break;
       case 'local':
         return local(rule.reason ?? 'unsupported-option', arg);

@@ -156,6 +156,13 @@ describe('classify', () => {
     expect(plan.compileArgs).toEqual(['-O2', '-g', '-Wall', '-std=c11', '-c']);
   });
 
+  it('keeps the working directory in the preprocessed output even with -fno-working-directory', () => {
+    const decision = classify(words('gcc -g -fno-working-directory -c a.c'));
+    if (decision.decision !== 'remote') throw new Error('expected remote');
+    expect(decision.plan.cppArgs).toEqual(['-g']);
+    expect(decision.plan.compileArgs).toEqual(['-g', '-fno-working-directory', '-c']);
+  });
+
   it('keeps an explicit -MF and -MT as given', () => {
     const decision = classify(words('gcc -MD -MF deps/a.dep -MT target -c a.c -o a.o'));
     if (decision.decision !== 'remote') throw new Error('expected remote');

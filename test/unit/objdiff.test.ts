@@ -56,7 +56,8 @@ describe('compareObjects', () => {
     expect(compareObjects(join(dir, 'a.o'), join(dir, 'b.o'))).toEqual({ identical: true, differences: [] });
   });
 
-  it.each([['-O0', '-g'], ['-O2', '-g'], ['-g1']])('accepts a difference in DW_AT_producer alone (%j, -fdirectives-only split)', (...flags) => {
+  it.each(['-O0 -g', '-O2 -g', '-g1', '-g -gz', '-gdwarf-4'])('accepts a difference in DW_AT_producer alone (%s, -fdirectives-only split)', (label) => {
+    const flags = label.split(' ');
     gcc([...flags, '-c', 'm.c', '-o', 'local.o']);
     splitCompile(flags, 'm.c', 'split.o');
     expect(readFileSync(join(dir, 'local.o')).equals(readFileSync(join(dir, 'split.o')))).toBe(false);
@@ -109,6 +110,32 @@ describe('compareObjects', () => {
     const result = compareObjects(join(dir, 'here.o'), join(dir, 'there.o'));
     expect(result.differences.join('\n')).toContain(other);
     expect(compileUnits(join(dir, 'there.o'))[0].compDir).toBe(other);
+  });
+
+  it('compares split DWARF (.o and .dwo) through the strings behind DW_FORM_strx, not the indices', () => {
+    // The worker's way for a relative -o (facts: the .dwo is named after -o): same -o, another directory.
+    const local = join(dir, 'split-local');
+    const remote = join(dir, 'split-remote');
+    for (const d of [local, remote]) mkdirSync(join(d, 'obj'), { recursive: true });
+    cpSync(join(dir, 'm.c'), join(local, 'm.c'));
+    gcc(['-g', '-gsplit-dwarf', '-c', 'm.c', '-o', 'obj/m.o'], local);
+    writeFileSync(join(remote, 'm.i'), execFileSync('gcc', ['-g', '-E', '-fdirectives-only', 'm.c'], { cwd: local }));
+    gcc(['-g', '-gsplit-dwarf', '-fdirectives-only', '-c', 'm.i', '-o', 'obj/m.o'], remote);
+    expect(compareObjects(join(local, 'obj/m.o'), join(remote, 'obj/m.o'))).toEqual({ identical: true, differences: [] });
+    const dwo = compareObjects(join(local, 'obj/m.dwo'), join(remote, 'obj/m.dwo'));
+    expect(dwo.identical).toBe(false);
+    expect(dwo.differences).toEqual([]);
+    const [unit] = compileUnits(join(local, 'obj/m.dwo'));
+    expect(unit).toMatchObject({ name: 'm.c', compDir: local });
+    expect(compileUnits(join(local, 'obj/m.o'))[0]).toMatchObject({ dwoName: 'obj/m.dwo', compDir: local });
+    // The input's own path changes nothing (names come from the linemarkers)…
+    gcc(['-g', '-gsplit-dwarf', '-fdirectives-only', '-c', join(remote, 'm.i'), '-o', 'obj/m.o'], remote);
+    const elsewhere = compareObjects(join(local, 'obj/m.dwo'), join(remote, 'obj/m.dwo'));
+    expect(elsewhere.differences).toEqual([]);
+    // …but without the working-directory linemarker, DW_AT_comp_dir is the compiling directory.
+    execFileSync('sh', ['-c', `grep -v '^# 1 ".*//"$' m.i > m2.i && gcc -g -gsplit-dwarf -fdirectives-only -c m2.i -o obj/m.o`], { cwd: remote });
+    const noCwd = compareObjects(join(local, 'obj/m.dwo'), join(remote, 'obj/m.dwo'));
+    expect(noCwd.differences.some((d) => d.includes(remote))).toBe(true);
   });
 
   it('reports a section that only one object has', () => {
