@@ -4,7 +4,7 @@
  * option is for decides whether it goes to the local preprocessor, to the remote compile, to both,
  * or keeps the job local.
  */
-import { basename, dirname, extname, join } from 'node:path';
+import { basename, dirname, extname, isAbsolute, join } from 'node:path';
 
 export type Language = 'C' | 'CXX' | 'OBJC' | 'OBJCXX';
 
@@ -22,7 +22,7 @@ export type LocalReason =
   | 'configure-probe' // autoconf's conftest.c and CMake's compiler checks: tiny, and they probe this machine
   | 'native-arch' // -march=native and friends describe this machine, not the remote one
   | 'debug-macros' // -g3: the split at -fdirectives-only changes the macro information
-  | 'split-dwarf' // -gsplit-dwarf: the .dwo is not brought back yet
+  | 'split-dwarf' // -gsplit-dwarf with an output the worker cannot name the same way (absolute, ..)
   | 'records-command-line' // -frecord-gcc-switches writes the remote command line into the object
   | 'syntax-only'
   | 'clang-debug-info' // clang -g: DWARF 5 line tables hash the source file, which the remote one is not
@@ -43,6 +43,8 @@ export interface RemotePlan {
   /** What the compiler would write, as named (relative to the working directory or absolute). */
   output: string;
   outputKind: 'OBJECT' | 'ASSEMBLY';
+  /** -gsplit-dwarf: the .dwo gcc writes beside the object, as named. */
+  splitDwarf?: string;
   /** Arguments for the local preprocessor, without -E, the source and any output. */
   cppArgs: string[];
   /** Arguments for the remote compile, without the source and -o. */
@@ -153,7 +155,7 @@ const OPTIONS: OptionRule[] = [
   LOCAL('-fstack-usage', false),
   LOCAL('-frecord-gcc-switches', false, 'records-command-line'),
   LOCAL('-fdirectives-only', false),
-  LOCAL('-gsplit-dwarf', false, 'split-dwarf'),
+  R('-gsplit-dwarf', 'flag', 'both'),
   LOCAL('-g3', false, 'debug-macros'),
   LOCAL('-ggdb3', false, 'debug-macros'),
   LOCAL('-march=native', false, 'native-arch'),
@@ -267,8 +269,21 @@ export function impliedOutput(source: string, kind: 'OBJECT' | 'ASSEMBLY'): stri
 
 /** gcc's name for the .d file of -MD/-MMD without -MF: the output with its suffix replaced by .d. */
 export function impliedDepFile(output: string): string {
-  const ext = extname(output);
-  return join(dirname(output), basename(output, ext) + '.d');
+  return replaceExtension(output, '.d');
+}
+
+/** gcc's sibling files: the output's last extension replaced (`obj/a.c.o` -> `obj/a.c.dwo`), or added. */
+export function replaceExtension(path: string, ext: string): string {
+  const name = basename(path);
+  const dot = name.lastIndexOf('.');
+  const stem = dot > 0 ? name.slice(0, dot) : name;
+  const dir = dirname(path);
+  return dir === '.' && !path.startsWith('./') ? stem + ext : join(dir, stem + ext);
+}
+
+/** A relative path without `..`: the worker can recreate it under its job directory. */
+export function isPlainRelativePath(path: string): boolean {
+  return !isAbsolute(path) && !path.split('/').some((segment) => segment === '..') && !path.includes('\0');
 }
 
 /**
@@ -397,6 +412,14 @@ export function classify(argv: readonly string[]): Classification {
     if (!depFileGiven) cppArgs.push('-MF', impliedDepFile(finalOutput));
     if (!depTargetGiven) cppArgs.push('-MQ', finalOutput);
   }
+  let splitDwarf: string | undefined;
+  if (args.includes('-gsplit-dwarf') && wantsDebugInfo(args) && mode === '-c') {
+    // gcc records the .dwo's name as derived from -o; the worker recreates that relative name.
+    if (!isPlainRelativePath(finalOutput)) {
+      return local('split-dwarf', `-gsplit-dwarf with output ${finalOutput}: the .dwo name would differ remotely`);
+    }
+    splitDwarf = replaceExtension(finalOutput, '.dwo');
+  }
   compileArgs.push(mode);
   return {
     decision: 'remote',
@@ -408,6 +431,7 @@ export function classify(argv: readonly string[]): Classification {
       preprocessed: source.preprocessed,
       output: finalOutput,
       outputKind,
+      splitDwarf,
       cppArgs,
       compileArgs,
     },

@@ -11,7 +11,7 @@ import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchRep
 import type { LaunchRequest__Output } from '../proto/generated/ferry/launcher/v1/LaunchRequest';
 import type { JobRecord } from '../proto/generated/ferry/coordinator/v1/JobRecord';
 import type { Slots } from '../worker/slots';
-import { classify, type RemotePlan } from './classify';
+import { classify, isPlainRelativePath, type RemotePlan } from './classify';
 import { expandResponseFiles } from './response-file';
 import { identifyCompiler, type LocalCompiler } from './compiler-id';
 import type { Host } from './host';
@@ -57,6 +57,26 @@ export function envFromList(list: readonly string[]): NodeJS.ProcessEnv {
 export function wantsColour(request: Pick<LaunchRequest__Output, 'stderrIsTty' | 'argv'>, env: NodeJS.ProcessEnv): boolean {
   if (!request.stderrIsTty || env.TERM === 'dumb' || env.GCC_COLORS === '') return false;
   return !request.argv.some((a) => a.startsWith('-fdiagnostics-color') || a === '-fno-diagnostics-color');
+}
+
+export interface OutputFile {
+  kind: 'OBJECT' | 'ASSEMBLY' | 'SPLIT_DWARF';
+  /** The name the worker gives it under its job directory. */
+  name: string;
+  /** Where it goes here, as the compiler would have named it. */
+  path: string;
+}
+
+/**
+ * The files a remote compile brings back. A relative output keeps its name on the worker (gcc
+ * records the .dwo's name as derived from it); an absolute one is renamed, which only matters for
+ * split DWARF, and the classifier keeps those local.
+ */
+export function expectedOutputs(plan: Pick<RemotePlan, 'output' | 'outputKind' | 'splitDwarf'>): OutputFile[] {
+  const name = isPlainRelativePath(plan.output) ? plan.output : plan.outputKind === 'OBJECT' ? 'out.o' : 'out.s';
+  const files: OutputFile[] = [{ kind: plan.outputKind, name, path: plan.output }];
+  if (plan.splitDwarf) files.push({ kind: 'SPLIT_DWARF', name: plan.splitDwarf, path: plan.splitDwarf });
+  return files;
 }
 
 /** gcc prints source excerpts under diagnostics unless told not to, or unless it writes JSON/SARIF. */
@@ -157,7 +177,9 @@ export async function runJob(request: LaunchRequest__Output, context: JobContext
     return runLocally('no-host-available', why, `no remote host is reachable (${why})`);
   }
 
-  const outputPath = resolve(request.cwd, plan.output);
+  const files = expectedOutputs(plan);
+  const outputPaths = files.map((f) => resolve(request.cwd, f.path));
+  const removeOutputs = () => Promise.all(outputPaths.map((p) => removeOutput(p)));
   // gcc colours diagnostics when its stderr is a terminal; here its stderr is a pipe, the user's is not.
   if (wantsColour({ stderrIsTty: request.stderrIsTty, argv }, env)) {
     plan.cppArgs.unshift('-fdiagnostics-color=always');
@@ -176,7 +198,7 @@ export async function runJob(request: LaunchRequest__Output, context: JobContext
   if (pre.exitCode !== 0) {
     stats.jobs.preprocessErrors++;
     context.stats.changed();
-    await removeOutput(outputPath);
+    await removeOutputs();
     finish('local', 'preprocess-error', pre.exitCode);
     return done(pre.exitCode, Buffer.alloc(0), pre.stderr);
   }
@@ -198,15 +220,19 @@ export async function runJob(request: LaunchRequest__Output, context: JobContext
     stats.jobs.compileErrors++;
     hostCounters.compileErrors++;
     context.stats.changed();
-    await removeOutput(outputPath);
+    await removeOutputs();
     finish(outcome.host.name, '', result.exitCode);
     return done(result.exitCode, result.stdout, stderr);
   }
   context.stats.changed();
   try {
-    await writeAtomically(outputPath, outputs[0], request.umask);
+    for (let i = 0; i < files.length; i++) {
+      // A .dwo the compiler did not write (no debug information after all) must not linger.
+      if (i > 0 && outputs[i].length === 0) await removeOutput(outputPaths[i]);
+      else await writeAtomically(outputPaths[i], outputs[i], request.umask);
+    }
   } catch (err) {
-    await removeOutput(outputPath).catch(() => undefined);
+    await removeOutputs().catch(() => undefined);
     finish(outcome.host.name, 'output-write-failed', 1);
     return done(1, result.stdout, Buffer.concat([stderr, Buffer.from(`ferry: ${errorMessage(err)}\n`)]));
   }
@@ -233,7 +259,7 @@ async function compileOnSomeHost(
     compilerVersion: compiler.version,
     args: remoteCompileArgs(plan, cwd),
     language: plan.language,
-    outputs: [{ kind: plan.outputKind, name: plan.outputKind === 'OBJECT' ? 'out.o' : 'out.s' }],
+    outputs: expectedOutputs(plan).map(({ kind, name }) => ({ kind, name })),
     sourceSize: source.length,
     sourceName: plan.source,
     env: Object.fromEntries(Object.entries(env).filter(([name]) => REMOTE_ENV.test(name))) as Record<string, string>,

@@ -66,6 +66,12 @@ const SOURCE_EXTENSION: Record<Language__Output, string> = {
   OBJCXX: 'mii',
 };
 
+/** A relative path with no `.`/`..`/empty segments: it stays inside the directory it is joined to. */
+export function isJobRelativePath(path: string): boolean {
+  if (!path || path.length > 4096 || path.startsWith('/') || path.includes('\0')) return false;
+  return path.split('/').every((segment) => segment !== '' && segment !== '.' && segment !== '..');
+}
+
 /** A FerryError carrying the gRPC status it should end the call with. */
 class JobRefused extends FerryError {
   constructor(readonly status: grpc.status, code: string, message: string, hint?: string) {
@@ -96,8 +102,8 @@ function validateHeader(header: JobHeader__Output, deps: CompileDeps) {
   }
   if (header.outputs.length === 0) throw new JobRefused(grpc.status.INVALID_ARGUMENT, 'bad-request', 'job header names no outputs');
   for (const output of header.outputs) {
-    if (!/^[A-Za-z0-9._-]+$/.test(output.name) || output.name.startsWith('.') || output.name.startsWith('source.')) {
-      throw new JobRefused(grpc.status.INVALID_ARGUMENT, 'bad-request', `output name "${output.name}" must be a plain file name`);
+    if (!isJobRelativePath(output.name)) {
+      throw new JobRefused(grpc.status.INVALID_ARGUMENT, 'bad-request', `output name "${output.name}" must be a relative path inside the job directory`);
     }
   }
   if (header.sourceSize > deps.limits.maxSourceBytes) {
@@ -267,6 +273,8 @@ function compilerEnv(header: JobHeader__Output, jobDir: string): NodeJS.ProcessE
 interface PlacedSource {
   cwd: string;
   input: string;
+  /** The -o argument (relative to cwd or absolute). */
+  output: string;
   extraArgs: string[];
 }
 
@@ -276,10 +284,13 @@ interface PlacedSource {
  * directory, because clang names the compile unit after the file it reads.
  */
 async function placeSource(jobDir: string, header: JobHeader__Output, source: Buffer): Promise<PlacedSource> {
+  const outDir = join(jobDir, 'out');
+  for (const output of header.outputs) await mkdir(dirname(join(outDir, output.name)), { recursive: true });
   if (!header.sourcePath) {
-    const input = `source.${SOURCE_EXTENSION[header.language]}`;
-    await writeFile(join(jobDir, input), source, { mode: 0o600 });
-    return { cwd: jobDir, input, extraArgs: [] };
+    // gcc runs where the outputs go, named as the client names them (a .dwo's name is derived from -o).
+    const input = join(jobDir, `source.${SOURCE_EXTENSION[header.language]}`);
+    await writeFile(input, source, { mode: 0o600 });
+    return { cwd: outDir, input, output: header.outputs[0].name, extraArgs: [] };
   }
   const root = join(jobDir, 'root');
   const cwd = header.cwd || '/';
@@ -292,9 +303,10 @@ async function placeSource(jobDir: string, header: JobHeader__Output, source: Bu
   const workDir = join(root, cwd);
   await mkdir(workDir, { recursive: true });
   // An absolute name is compiled from inside the mirror; its debug names are mapped back.
+  const output = join(outDir, header.outputs[0].name);
   return isAbsolute(header.sourcePath)
-    ? { cwd: workDir, input: target, extraArgs: [`-fdebug-prefix-map=${root}=`] }
-    : { cwd: workDir, input: header.sourcePath, extraArgs: [] };
+    ? { cwd: workDir, input: target, output, extraArgs: [`-fdebug-prefix-map=${root}=`] }
+    : { cwd: workDir, input: header.sourcePath, output, extraArgs: [] };
 }
 
 /** Streams the outputs of a successful compile; returns their sizes. */
@@ -307,7 +319,7 @@ async function sendOutputs(call: Call, header: JobHeader__Output, jobDir: string
     }
     let data: Buffer;
     try {
-      data = await readFile(join(jobDir, header.outputs[index].name));
+      data = await readFile(join(jobDir, 'out', header.outputs[index].name));
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
         sizes.push(0);
@@ -402,7 +414,7 @@ export function makeCompileHandler(deps: CompileDeps) {
         const compileAt = process.hrtime.bigint();
         const run = await runCompiler(
           compiler.path,
-          [...header.args, ...placed.extraArgs, '-o', join(jobDir, header.outputs[0].name), placed.input],
+          [...header.args, ...placed.extraArgs, '-o', placed.output, placed.input],
           placed.cwd,
           compilerEnv(header, jobDir),
           deps,

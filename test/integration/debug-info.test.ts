@@ -49,9 +49,9 @@ const FLAG_SETS: string[][] = [
   ['-g', '-fdebug-prefix-map=<dir>=/src'],
   ['-gdwarf-4'],
   ['-g', '-gz'],
-  // Without the working-directory line marker in the preprocessed output, gcc takes DW_AT_comp_dir
-  // from its own working directory: the worker's job directory (fails until the coordinator keeps
-  // -fno-working-directory away from the preprocessor).
+  // Without the working-directory line marker in the preprocessed output, gcc would take
+  // DW_AT_comp_dir from its own working directory, the worker's job directory: the coordinator keeps
+  // -fno-working-directory away from the preprocessor.
   ['-g', '-fno-working-directory'],
 ];
 
@@ -72,11 +72,6 @@ function expectedUnit(dir: string, flags: string[], source: string): { compDir: 
   return { compDir: dir, name: source };
 }
 
-/** Diagnostics without source excerpts (the lines gcc indents). */
-function diagnosticLines(stderr: string): string[] {
-  return stderr.split('\n').filter((line) => line && !line.startsWith(' '));
-}
-
 /** Compiles `source` locally and through Ferry with the same flags; returns both object paths. */
 async function compileBoth(project: Project, flags: string[], source: string, dir = projectDir(project)): Promise<{ local: string; remote: string }> {
   const n = counter++;
@@ -87,7 +82,7 @@ async function compileBoth(project: Project, flags: string[], source: string, di
   expect(plain.code, plain.stderr).toBe(0);
   const through = await run(LAUNCHER, [project.compiler, ...args, '-o', remote], { cwd: dir, env, timeoutMs: 120_000 });
   expect(through.code, through.stderr).toBe(0);
-  expect(diagnosticLines(through.stderr)).toEqual(diagnosticLines(plain.stderr));
+  expect(through.stderr).toBe(plain.stderr);
   remoteJobs++;
   return { local: join(dir, local), remote: join(dir, remote) };
 }
@@ -176,6 +171,31 @@ describe.skipIf(!built)('debug information of objects compiled through Ferry', (
     for (const flags of [['-Wall', '-Wextra', '-g'], ['-Wall', '-Wextra', '-O2', '-g']]) {
       const objects = await compileBoth(project, flags, 'warn.c', dir);
       checkObjects(project, flags, 'warn.c', objects, dir);
+    }
+  });
+
+  it('-gsplit-dwarf: the object and its .dwo come back under the names a local build gives them', async () => {
+    for (const project of PROJECTS) {
+      const dir = projectDir(project);
+      for (const flags of [['-g', '-gsplit-dwarf'], ['-g', '-gsplit-dwarf', '-gdwarf-4']]) {
+        const what = `${project.compiler} ${flags.join(' ')}`;
+        // The .dwo's name is recorded in the object, so both builds use the same output name.
+        const args = [...project.baseFlags, ...flags, '-O0', '-c', project.sources[0], '-o', 'obj/split.o'];
+        const plain = await run(project.compiler, args, { cwd: dir });
+        expect(plain.code, plain.stderr).toBe(0);
+        for (const ext of ['o', 'dwo']) rmSync(join(dir, `obj/split-local.${ext}`), { force: true });
+        cpSync(join(dir, 'obj/split.o'), join(dir, 'obj/split-local.o'));
+        cpSync(join(dir, 'obj/split.dwo'), join(dir, 'obj/split-local.dwo'));
+        rmSync(join(dir, 'obj/split.o'));
+        rmSync(join(dir, 'obj/split.dwo'));
+        const through = await run(LAUNCHER, [project.compiler, ...args], { cwd: dir, env });
+        expect(through.code, through.stderr).toBe(0);
+        remoteJobs++;
+        expect(existsSync(join(dir, 'obj/split.dwo')), `${what}: no .dwo`).toBe(true);
+        expect(compareObjects(join(dir, 'obj/split-local.o'), join(dir, 'obj/split.o')).differences, what).toEqual([]);
+        expect(compareObjects(join(dir, 'obj/split-local.dwo'), join(dir, 'obj/split.dwo')).differences, `${what} (.dwo)`).toEqual([]);
+        expect(compileUnits(join(dir, 'obj/split.o'))[0].dwoName, what).toBe('obj/split.dwo');
+      }
     }
   });
 

@@ -164,7 +164,7 @@ describe('ferry-worker', () => {
 
     const badOutput = await rawCall([{ header: header({ outputs: [{ kind: 'OBJECT', name: '../escape.o' }] }, 7) }]);
     expect(badOutput.code).toBe(grpc.status.INVALID_ARGUMENT);
-    expect(badOutput.details).toMatch(/plain file name/);
+    expect(badOutput.details).toMatch(/must be a relative path inside the job directory/);
   });
 
   it('keeps serving after bad requests and leaves no job directories behind', async () => {

@@ -94,7 +94,10 @@ const CASES: Array<[string, string]> = [
   ['gcc -Xassembler --noexecstack -c a.c', 'unsupported-option'],
   ['gcc -g3 -c a.c', 'debug-macros'],
   ['gcc -ggdb3 -c a.c', 'debug-macros'],
-  ['gcc -gsplit-dwarf -c a.c', 'split-dwarf'],
+  ['gcc -g -gsplit-dwarf -c a.c', 'remote'],
+  ['gcc -g -gsplit-dwarf -c src/a.c -o obj/a.o', 'remote'],
+  ['gcc -g -gsplit-dwarf -c a.c -o /abs/obj/a.o', 'split-dwarf'],
+  ['gcc -g -gsplit-dwarf -c a.c -o ../obj/a.o', 'split-dwarf'],
   ['gcc -fdirectives-only -E a.c', 'unsupported-option'],
   ['gcc -march=native -c a.c', 'native-arch'],
   ['gcc -mtune=native -c a.c', 'native-arch'],
@@ -167,6 +170,22 @@ describe('classify', () => {
     const decision = classify(words('gcc -MD -MF deps/a.dep -MT target -c a.c -o a.o'));
     if (decision.decision !== 'remote') throw new Error('expected remote');
     expect(decision.plan.cppArgs).toEqual(['-MD', '-MF', 'deps/a.dep', '-MT', 'target']);
+  });
+
+  it('names the .dwo of -gsplit-dwarf as gcc does', () => {
+    for (const [output, dwo] of [
+      ['obj/a.o', 'obj/a.dwo'],
+      ['obj/a.c.o', 'obj/a.c.dwo'],
+      ['obj/noext', 'obj/noext.dwo'],
+      ['a.o', 'a.dwo'],
+    ]) {
+      const decision = classify(words(`gcc -g -gsplit-dwarf -c a.c -o ${output}`));
+      if (decision.decision !== 'remote') throw new Error('expected remote');
+      expect(decision.plan.splitDwarf).toBe(dwo);
+    }
+    const implied = classify(words('gcc -g -gsplit-dwarf -c src/b.c'));
+    if (implied.decision !== 'remote') throw new Error('expected remote');
+    expect(implied.plan.splitDwarf).toBe('b.dwo');
   });
 
   it('names implied outputs as gcc does', () => {
