@@ -90,6 +90,29 @@ describe('ccache and masquerading', () => {
   });
 });
 
+describe('optimisation levels and prefix maps, without -g', () => {
+  it.each([
+    ['gcc', 'x.c', '-O0'],
+    ['gcc', 'x.c', '-O2'],
+    ['gcc', 'x.c', '-O3'],
+    ['gcc', 'x.c', '-O2 -ffile-prefix-map=@DIR@=.'],
+    ['gcc', 'x.c', '-O2 -fdebug-prefix-map=@DIR@=/src -fmacro-prefix-map=@DIR@=/m'],
+    ['g++', 'y.cc', '-O0'],
+    ['g++', 'y.cc', '-O2'],
+    ['g++', 'y.cc', '-O3 -std=c++17'],
+    ['g++', 'y.cc', '-O2 -ffile-prefix-map=@DIR@=.'],
+  ])('%s %s %s: byte-identical object', async (compiler, source, flags) => {
+    writeFileSync(join(dir, 'y.cc'), '#include <string>\n#include <vector>\nstd::size_t total(const std::vector<std::string> &v) { std::size_t n = 0; for (auto &s : v) n += s.size(); return n; }\n');
+    await zero();
+    const args = [...flags.replaceAll('@DIR@', dir).split(' '), '-c', join(dir, source)];
+    execFileSync(compiler, [...args, '-o', 'opt-local.o'], { cwd: dir });
+    const remote = await run(LAUNCHER, [compiler, ...args, '-o', 'opt-remote.o'], { cwd: dir, env });
+    expect(remote.code, remote.stderr).toBe(0);
+    expect(same('opt-remote.o', 'opt-local.o')).toBe(true);
+    expect((await stats()).jobs.remote).toBe(1);
+  });
+});
+
 describe('file names and sizes', () => {
   it.each([
     ['sub dir/with space.c'],
