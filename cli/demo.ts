@@ -4,18 +4,17 @@
  * with make through the launcher and a fresh coordinator, builds it again locally, and checks that
  * every object and dependency file is identical.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir, userInfo } from 'node:os';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Control } from './control';
+import { freePort, SSHD, startLoopbackSshd } from './loopback-sshd';
 
 const ROOT = join(__dirname, '..', '..');
 const SAMPLE = join(ROOT, 'test', 'fixtures', 'sample');
 const LAUNCHER = join(ROOT, 'dist', 'bin', 'ferry');
 const WORKER = join(ROOT, 'dist', 'worker', 'main.js');
-const SSHD = '/usr/sbin/sshd';
 
 export interface DemoOptions {
   jobs: number;
@@ -25,17 +24,6 @@ export interface DemoOptions {
 
 function say(line: string): void {
   process.stdout.write(`${line}\n`);
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 /** Starts a process and waits (bounded) for a line matching `ready` on stdout or stderr. */
@@ -68,6 +56,7 @@ interface Cluster {
   env: NodeJS.ProcessEnv;
   how: string;
   processes: ChildProcess[];
+  stops: Array<() => Promise<void>>;
 }
 
 async function startWorkers(dir: string, options: DemoOptions, env: NodeJS.ProcessEnv): Promise<Cluster> {
@@ -80,65 +69,16 @@ async function startWorkers(dir: string, options: DemoOptions, env: NodeJS.Proce
     entries.push(useSsh ? `demo-worker${i}/2,port=${listen.split(':')[1]}` : `worker${i}/2,direct=${listen.slice('unix:'.length)}`);
   }
   if (!useSsh) {
-    return { hosts: entries.join(' '), env: {}, how: 'over their Unix sockets (no sshd here: install openssh-server to go through SSH)', processes };
+    return { hosts: entries.join(' '), env: {}, how: 'over their Unix sockets (no sshd here: install openssh-server to go through SSH)', processes, stops: [] };
   }
-  // A throwaway sshd on loopback with its own host key, trusting a throwaway user key.
-  const keygen = (file: string) => execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', file]);
-  keygen(join(dir, 'host_key'));
-  keygen(join(dir, 'user_key'));
-  writeFileSync(join(dir, 'authorized_keys'), readFileSync(join(dir, 'user_key.pub')));
-  const sshPort = await freePort();
-  writeFileSync(
-    join(dir, 'sshd_config'),
-    [
-      `ListenAddress 127.0.0.1:${sshPort}`,
-      `HostKey ${join(dir, 'host_key')}`,
-      `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
-      `PidFile ${join(dir, 'sshd.pid')}`,
-      'PasswordAuthentication no',
-      'KbdInteractiveAuthentication no',
-      'PermitRootLogin prohibit-password',
-      'UsePAM no',
-      'StrictModes no',
-      'AllowTcpForwarding yes',
-      'LogLevel ERROR',
-      '',
-    ].join('\n'),
-  );
-  if (process.getuid?.() === 0) execFileSync('mkdir', ['-p', '/run/sshd']);
-  const sshd = spawn(SSHD, ['-D', '-e', '-f', join(dir, 'sshd_config')], { stdio: ['ignore', 'ignore', 'pipe'] });
-  processes.push(sshd);
-  await waitForPort(sshPort);
-  const hostKey = readFileSync(join(dir, 'host_key.pub'), 'utf8').trim();
-  writeFileSync(join(dir, 'known_hosts'), `[127.0.0.1]:${sshPort} ${hostKey}\n`);
-  writeFileSync(
-    join(dir, 'ssh_config'),
-    `Host demo-worker*\n  HostName 127.0.0.1\n  Port ${sshPort}\n  User ${userInfo().username}\n  IdentityFile ${join(dir, 'user_key')}\n` +
-      `  IdentitiesOnly yes\n  UserKnownHostsFile ${join(dir, 'known_hosts')}\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n`,
-  );
+  const sshd = await startLoopbackSshd(join(dir, 'sshd'), 'demo-worker*');
   return {
     hosts: entries.join(' '),
-    env: { FERRY_SSH_CONFIG: join(dir, 'ssh_config') },
-    how: `through SSH (a demo sshd on 127.0.0.1:${sshPort}, host key checked against its known_hosts)`,
+    env: { FERRY_SSH_CONFIG: sshd.sshConfig },
+    how: `through SSH (a demo sshd on 127.0.0.1:${sshd.port}, host key checked against its known_hosts)`,
     processes,
+    stops: [sshd.stop],
   };
-}
-
-async function waitForPort(port: number): Promise<void> {
-  const { connect } = await import('node:net');
-  for (let attempt = 0; attempt < 100; attempt++) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const socket = connect(port, '127.0.0.1');
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once('error', () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`sshd did not listen on 127.0.0.1:${port} within 10 s`);
 }
 
 async function waitForExit(pid: number): Promise<void> {
@@ -197,6 +137,7 @@ export async function runDemo(options: DemoOptions): Promise<number> {
     control?.close();
     // Wait (bounded) for the coordinator and the workers to exit before their files are removed.
     if (stopped) await waitForExit(stopped.pid);
+    await Promise.all((cluster?.stops ?? []).map((stopSshd) => stopSshd()));
     await Promise.all(
       (cluster?.processes ?? []).map(
         (child) =>

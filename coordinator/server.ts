@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { FerryError, errorMessage } from '../proto/errors';
 import { loadCoordinatorProto, loadLauncherCodec } from '../proto/load';
+import { shutdownGracefully } from '../proto/shutdown';
 import { FERRY_VERSION } from '../proto/version';
 import type { CoordinatorStatus } from '../proto/generated/ferry/coordinator/v1/CoordinatorStatus';
 import type { JobRecord } from '../proto/generated/ferry/coordinator/v1/JobRecord';
@@ -226,17 +227,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
       clearInterval(idleTimer);
       log('stopping');
       launcherServer.close();
-      // Let the answer to a Stop call reach its caller before the server goes.
-      await new Promise<void>((resolve) => {
-        const force = setTimeout(() => {
-          control.forceShutdown();
-          resolve();
-        }, 2000);
-        control.tryShutdown(() => {
-          clearTimeout(force);
-          resolve();
-        });
-      });
+      await shutdownGracefully(control, 2000);
       pool.close();
       stats.flush();
       await Promise.all([unlink(paths.socket).catch(() => undefined), unlink(paths.control).catch(() => undefined)]);

@@ -6,6 +6,7 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { FerryError } from '../proto/errors';
 import { loadWorkerProto } from '../proto/load';
+import { shutdownGracefully } from '../proto/shutdown';
 import { FERRY_VERSION } from '../proto/version';
 import type { WorkerDescription } from '../proto/generated/ferry/v1/WorkerDescription';
 import type { CompilerTable } from './compilers';
@@ -105,16 +106,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     counters,
     slots,
     async stop() {
-      await new Promise<void>((resolve) => {
-        const force = setTimeout(() => {
-          server.forceShutdown();
-          resolve();
-        }, 5000);
-        server.tryShutdown(() => {
-          clearTimeout(force);
-          resolve();
-        });
-      });
+      await shutdownGracefully(server, 5000);
       await rm(tmpRoot, { recursive: true, force: true });
       if (options.listen.kind === 'unix') await rm(options.listen.path, { force: true });
     },

@@ -12,16 +12,18 @@
 // `ssh -L` client) are read from /proc before and after the measured jobs, their delta divided by N.
 import { execFileSync, spawn } from 'node:child_process';
 import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, readdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
-import { tmpdir, userInfo } from 'node:os';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
 
 const repo = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const LAUNCHER = join(repo, 'dist', 'bin', 'ferry');
 const WORKER = join(repo, 'dist', 'worker', 'main.js');
 const CLI = join(repo, 'dist', 'cli', 'main.js');
-const SSHD = '/usr/sbin/sshd';
+// Built by `npm run build`; shared with `ferry demo`.
+const loopbackSshd = createRequire(import.meta.url)(join(repo, 'dist', 'cli', 'loopback-sshd.js'));
+const SSHD = loopbackSshd.SSHD;
 const WARMUP = 3;
 const TIMEOUT_MS = 300_000;
 
@@ -135,33 +137,7 @@ for (const sig of ['SIGINT', 'SIGTERM']) process.once(sig, () => void cleanupAnd
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitForPort(port, what, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const ok = await new Promise((resolve) => {
-      const socket = connect(port, '127.0.0.1');
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once('error', () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`${what} did not accept connections on 127.0.0.1:${port} within ${timeoutMs} ms`);
-}
+const { freePort, waitForPort } = loopbackSshd;
 
 /** Starts a long-lived process in its own process group (so stopping it also stops the children it
  *  forks, e.g. distccd's pre-forked servers, and its signals never reach us), output to a log file. */
@@ -320,35 +296,11 @@ try {
   delete baseEnv.NODE_EXTRA_CA_CERTS;
   delete baseEnv.FERRY_DISABLE;
 
-  // A throwaway sshd on loopback with its own host key, trusting a throwaway user key (as cli/demo.ts).
-  const keygen = (file) => execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', file]);
-  keygen(join(tmp, 'host_key'));
-  keygen(join(tmp, 'user_key'));
-  writeFileSync(join(tmp, 'authorized_keys'), readFileSync(join(tmp, 'user_key.pub')));
-  const sshPort = await freePort();
-  writeFileSync(join(tmp, 'sshd_config'), [
-    `ListenAddress 127.0.0.1:${sshPort}`,
-    `HostKey ${join(tmp, 'host_key')}`,
-    `AuthorizedKeysFile ${join(tmp, 'authorized_keys')}`,
-    `PidFile ${join(tmp, 'sshd.pid')}`,
-    'PasswordAuthentication no',
-    'KbdInteractiveAuthentication no',
-    'PermitRootLogin prohibit-password',
-    'UsePAM no',
-    'StrictModes no',
-    'AllowTcpForwarding yes',
-    'LogLevel ERROR',
-    '',
-  ].join('\n'));
-  if (process.getuid?.() === 0) mkdirSync('/run/sshd', { recursive: true }); // sshd's privilege-separation dir
-  const sshd = startDaemon('sshd', SSHD, ['-D', '-e', '-f', join(tmp, 'sshd_config')]);
-  await waitForPort(sshPort, 'sshd');
-  writeFileSync(join(tmp, 'known_hosts'), `[127.0.0.1]:${sshPort} ${readFileSync(join(tmp, 'host_key.pub'), 'utf8').trim()}\n`);
-  const sshConfig = join(tmp, 'ssh_config');
-  writeFileSync(sshConfig,
-    `Host benchhost\n  HostName 127.0.0.1\n  Port ${sshPort}\n  User ${userInfo().username}\n  IdentityFile ${join(tmp, 'user_key')}\n` +
-    `  IdentitiesOnly yes\n  UserKnownHostsFile ${join(tmp, 'known_hosts')}\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n` +
-    '  BatchMode yes\n');
+  // A throwaway sshd on loopback with its own host key, trusting a throwaway user key (as `ferry demo`).
+  const sshdStarted = await loopbackSshd.startLoopbackSshd(join(tmp, 'sshd'), 'benchhost');
+  started.push({ name: 'sshd', pid: sshdStarted.pid, group: false, exited: sshdStarted.exited });
+  const sshd = { child: { pid: sshdStarted.pid } };
+  const sshConfig = sshdStarted.sshConfig;
 
   // ---- Ferry ----
   const workerPort = await freePort();
