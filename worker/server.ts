@@ -9,10 +9,13 @@ import { loadWorkerProto } from '../proto/load';
 import { shutdownGracefully } from '../proto/shutdown';
 import { FERRY_VERSION } from '../proto/version';
 import type { WorkerDescription } from '../proto/generated/ferry/v1/WorkerDescription';
+import type { WorkerLoad } from '../proto/generated/ferry/v1/WorkerLoad';
 import type { CompilerTable } from './compilers';
 import { makeCompileHandler, type WorkerCounters, type WorkerLimits } from './compile';
 import { grpcBindTarget, type ListenAddress } from './listen';
 import { Slots } from './slots';
+
+const WATCH_HEARTBEAT_MS = 5000;
 
 export interface WorkerOptions {
   listen: ListenAddress;
@@ -55,6 +58,35 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   // One private directory (0700) per worker run; each job gets its own directory below it.
   const tmpRoot = await mkdtemp(join(options.tmpBase ?? tmpdir(), 'ferry-worker-'));
 
+  const load = (): WorkerLoad => ({ slots: slots.size, running: slots.inUse, queued: slots.queued, jobsDone: counters.jobsDone });
+  const watchers = new Set<grpc.ServerWritableStream<unknown, WorkerLoad>>();
+  const watch = (call: grpc.ServerWritableStream<unknown, WorkerLoad>) => {
+    watchers.add(call);
+    // Changes come in bursts (a build starts 50 jobs at once): one update per tick is enough.
+    let pending = false;
+    const send = () => {
+      pending = false;
+      if (!call.cancelled && !call.destroyed) call.write(load());
+    };
+    const onChange = () => {
+      if (!pending) {
+        pending = true;
+        setImmediate(send);
+      }
+    };
+    slots.on('change', onChange);
+    // A heartbeat, so a client notices a silent worker, and sees jobs_done move.
+    const heartbeat = setInterval(send, WATCH_HEARTBEAT_MS);
+    const stop = () => {
+      watchers.delete(call);
+      slots.off('change', onChange);
+      clearInterval(heartbeat);
+    };
+    call.once('cancelled', stop);
+    call.once('close', stop);
+    call.once('error', stop);
+    send();
+  };
   const server = new grpc.Server({
     'grpc.max_receive_message_length': 64 << 20,
     'grpc.max_send_message_length': 64 << 20,
@@ -69,6 +101,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       unixSocket: options.listen.kind === 'unix',
       log,
     }),
+    Watch: watch,
     Describe: (
       _call: grpc.ServerUnaryCall<unknown, WorkerDescription>,
       callback: grpc.sendUnaryData<WorkerDescription>,
@@ -106,6 +139,8 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     counters,
     slots,
     async stop() {
+      // Watch streams never end by themselves; end them so the shutdown need not wait them out.
+      for (const call of watchers) call.end();
       await shutdownGracefully(server, 5000);
       await rm(tmpRoot, { recursive: true, force: true });
       if (options.listen.kind === 'unix') await rm(options.listen.path, { force: true });

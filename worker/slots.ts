@@ -1,9 +1,12 @@
-/** At most `size` jobs compile at once; the rest wait in arrival order. */
-export class Slots {
+import { EventEmitter } from 'node:events';
+
+/** At most `size` jobs compile at once; the rest wait in arrival order. Emits 'change' on every move. */
+export class Slots extends EventEmitter {
   private running = 0;
   private readonly waiting: Array<() => void> = [];
 
   constructor(readonly size: number) {
+    super();
     if (!Number.isInteger(size) || size < 1) throw new RangeError(`slots must be a positive integer, got ${size}`);
   }
 
@@ -25,21 +28,25 @@ export class Slots {
         this.running--;
         const next = this.waiting.shift();
         if (next) next();
+        else this.emit('change');
       };
       const grant = () => {
         signal?.removeEventListener('abort', onAbort);
         this.running++;
+        this.emit('change');
         resolve(release);
       };
       const onAbort = () => {
         const index = this.waiting.indexOf(grant);
         if (index >= 0) this.waiting.splice(index, 1);
+        this.emit('change');
         reject(signal?.reason ?? new Error('aborted'));
       };
       if (signal?.aborted) return reject(signal.reason);
       if (this.running < this.size) return grant();
       signal?.addEventListener('abort', onAbort, { once: true });
       this.waiting.push(grant);
+      this.emit('change');
     });
   }
 }

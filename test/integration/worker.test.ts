@@ -167,6 +167,25 @@ describe('ferry-worker', () => {
     expect(badOutput.details).toMatch(/must be a relative path inside the job directory/);
   });
 
+  it('streams its load to watchers: a job shows as running, then done', async () => {
+    const updates: Array<{ running: number; jobsDone: number; slots: number }> = [];
+    const call = client.Watch({});
+    call.on('data', (load) => updates.push(load));
+    call.on('error', () => undefined);
+    await new Promise((r) => setTimeout(r, 100));
+    const before = updates[updates.length - 1];
+    expect(before.slots).toBe(2);
+    const source = execFileSync('gcc', ['-O2', '-E', '-fdirectives-only', '-x', 'c', '-'], { input: '#include <stdio.h>\nint main(void){return puts("x");}\n' });
+    const outcome = await compileRemotely(client, header({}, source.length), source, { deadlineMs: 20_000 });
+    expect(outcome.result.exitCode).toBe(0);
+    await new Promise((r) => setTimeout(r, 100));
+    call.cancel();
+    expect(updates.some((u) => u.running === 1)).toBe(true);
+    const last = updates[updates.length - 1];
+    expect(last.running).toBe(0);
+    expect(last.jobsDone).toBe(before.jobsDone + 1);
+  });
+
   it('keeps serving after bad requests and leaves no job directories behind', async () => {
     const source = execFileSync('gcc', ['-E', '-fdirectives-only', '-x', 'c', '-'], { input: 'int answer = 42;\n' });
     const outcome = await compileRemotely(client, header({}, source.length), source, { deadlineMs: 20_000 });
