@@ -43,6 +43,17 @@ export class Control {
     return new Promise((resolve, reject) => this.client.GetStats({ zero }, this.options, settle(resolve, reject)));
   }
 
+  /** Live status: `onStatus` for each picture; resolves when the stream ends (cancel() ends it). */
+  monitor(recentJobs: number, onStatus: (status: CoordinatorStatus__Output) => void): { done: Promise<void>; cancel: () => void } {
+    const call = this.client.Monitor({ recentJobs });
+    call.on('data', onStatus);
+    const done = new Promise<void>((resolve, reject) => {
+      call.on('end', () => resolve());
+      call.on('error', (err: grpc.ServiceError) => (err.code === grpc.status.CANCELLED ? resolve() : reject(err)));
+    });
+    return { done, cancel: () => call.cancel() };
+  }
+
   stop(): Promise<StopReply__Output | undefined> {
     return new Promise((resolve, reject) => this.client.Stop({}, this.options, settle(resolve, reject)));
   }

@@ -141,6 +141,29 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('monitor')
+    .description('watch a build live: each host with the jobs it compiles, and the progress (Ctrl-C to leave)')
+    .option('--once', 'print one picture and exit')
+    .action(async (options: { once?: boolean }) => {
+      const { runMonitor } = await import('./monitor');
+      process.exitCode = await runMonitor(options);
+    });
+
+  program
+    .command('jobs')
+    .description('print the make/ninja -j that keeps every configured slot busy: make -j$(ferry jobs)')
+    .option('-v, --verbose', 'say how the number is made up, on stderr')
+    .action(async (options: { verbose?: boolean }) => {
+      const { suggestedJobs } = await import('./jobs');
+      const control = Control.open();
+      const status = await control?.status(0);
+      control?.close();
+      const { jobs, explanation } = suggestedJobs(process.env, status);
+      if (options.verbose) process.stderr.write(`${explanation}\n`);
+      process.stdout.write(`${jobs}\n`);
+    });
+
+  program
     .command('version')
     .description('print the version')
     .action(() => {

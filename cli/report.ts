@@ -12,17 +12,21 @@ function bytes(n: number): string {
 export function formatStatus(status: CoordinatorStatus__Output): string {
   const lines = [`coordinator ${status.version}, pid ${status.pid}, since ${status.started}`];
   lines.push(`hosts: ${status.hosts || '(none configured: set FERRY_HOSTS)'}`);
-  lines.push(`jobs: ${status.runningJobs} running, ${status.queuedJobs} waiting for a slot`);
+  for (const note of status.notes) lines.push(`  note: ${note}`);
+  lines.push(`jobs: ${status.jobsDone} done, ${status.runningJobs} in hand, ${status.queuedJobs} waiting for a slot`);
   for (const host of status.hostStatus) {
-    const compilers = host.compilers.map((c) => c.name).join(' ');
+    const others = Math.max(0, host.workerRunning + host.workerQueued - host.inUse);
     lines.push(
-      `  ${host.name.padEnd(24)} ${host.state.padEnd(10)} slots ${host.inUse}/${host.slots}  done ${host.jobsDone}  failed ${host.failures}` +
-        (host.workerVersion ? `  worker ${host.workerVersion}` : ''),
+      `  ${host.name.padEnd(24)} ${host.state.padEnd(10)} slots ${host.inUse}/${host.slots}${others ? ` (+${others} of other initiators)` : ''}` +
+        `  done ${host.jobsDone}  failed ${host.failures}${host.workerVersion ? `  worker ${host.workerVersion}` : ''}`,
     );
     if (host.lastError) lines.push(`    last error: ${host.lastError}`);
+    const compilers = host.compilers.map((c) => c.name).join(' ');
     if (compilers) lines.push(`    compilers: ${compilers}`);
     for (const mismatch of host.compilerMismatches) lines.push(`    skipped for ${mismatch}`);
+    for (const job of host.running) lines.push(`    compiling ${job.source} (${(job.millis / 1000).toFixed(1)} s)`);
   }
+  if (status.localSlots > 0) lines.push(`  ${'localhost'.padEnd(24)} ${'local'.padEnd(10)} slots ${status.localRunning}/${status.localSlots}`);
   return lines.join('\n');
 }
 

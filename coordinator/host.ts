@@ -11,6 +11,7 @@ import { FerryError, errorMessage } from '../proto/errors';
 import { loadWorkerProto } from '../proto/load';
 import type { WorkerClient } from '../proto/generated/ferry/v1/Worker';
 import type { WorkerDescription__Output } from '../proto/generated/ferry/v1/WorkerDescription';
+import type { WorkerLoad__Output } from '../proto/generated/ferry/v1/WorkerLoad';
 import type { CompilerInfo__Output } from '../proto/generated/ferry/v1/CompilerInfo';
 import type { LocalCompiler } from './compiler-id';
 import type { HostSpec } from './hosts';
@@ -54,6 +55,11 @@ export class Host {
   failures = 0;
   /** Compilers jobs asked for that this host lacks in the same version, by name. */
   readonly compilerMismatches = new Map<string, string>();
+  /** This coordinator's jobs on the host now, by job id. */
+  readonly running = new Map<string, { source: string; started: number }>();
+  /** The worker's own count of its jobs (all initiators'), from its Watch stream. */
+  load?: WorkerLoad__Output;
+  private watch?: grpc.ClientReadableStream<WorkerLoad__Output>;
   private retryAt = 0;
   private backoffMs = FIRST_BACKOFF_MS;
   private connecting?: Promise<void>;
@@ -79,7 +85,15 @@ export class Host {
 
   /** Slots the coordinator fills: the user's /N, else what the worker advertises. */
   get slots(): number {
-    return this.spec.slots ?? this.description?.slots ?? 1;
+    return this.spec.slots ?? this.load?.slots ?? this.description?.slots ?? 1;
+  }
+
+  /**
+   * Slots taken: our jobs, or what the worker counts when that is more (other initiators' jobs).
+   * Our finished jobs may linger in the worker's count for a moment, until its next update.
+   */
+  get busy(): number {
+    return Math.max(this.inUse, (this.load?.running ?? 0) + (this.load?.queued ?? 0));
   }
 
   remoteCompiler(name: string): CompilerInfo__Output | undefined {
@@ -144,6 +158,10 @@ export class Host {
   }
 
   private teardown(): void {
+    const watch = this.watch;
+    this.watch = undefined;
+    this.load = undefined;
+    watch?.cancel();
     this.client?.close();
     this.client = undefined;
     const tunnel = this.tunnel;
@@ -185,6 +203,23 @@ export class Host {
     }
     this.client = new proto.ferry.v1.Worker(target, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
     this.description = await this.describe();
+    this.startWatch(this.client);
+  }
+
+  /** Follows the worker's load; the stream ending means the worker went away. */
+  private startWatch(client: WorkerClient): void {
+    const watch = client.Watch({});
+    this.watch = watch;
+    watch.on('data', (load: WorkerLoad__Output) => {
+      if (this.watch !== watch) return;
+      this.load = load;
+      this.onChange();
+    });
+    const lost = (why: string) => {
+      if (this.watch === watch) this.markDown(new FerryError('worker-lost', `${this.name}: the worker's load stream ${why}`));
+    };
+    watch.on('error', (err: grpc.ServiceError) => lost(`failed: ${err.details || err.message}`));
+    watch.on('end', () => lost('ended'));
   }
 
   describe(): Promise<WorkerDescription__Output> {

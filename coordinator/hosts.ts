@@ -6,7 +6,10 @@
  * `host` is an alias resolved through ~/.ssh/config. Options: `port=N` (the worker's TCP port on the
  * remote's loopback, default 3633), `socket=/path` (the worker's Unix socket on the remote instead),
  * `direct=/path` (no SSH: a worker socket on this machine, for the demo and for debugging).
- * `localhost[/N]` lets up to N jobs compile on this machine as well.
+ * `localhost[/N]` lets up to N jobs compile on this machine when every remote slot is busy, and
+ * `--localslots_cpp=N` bounds the preprocessors running here at once (distcc's names).
+ *
+ * DISTCC_HOSTS is read too, in distcc's own syntax, so a distcc user switches by changing one word.
  */
 import { FerryError } from '../proto/errors';
 
@@ -102,4 +105,76 @@ export function parseHosts(text: string): HostSpec[] {
     seen.add(spec.name);
   }
   return specs;
+}
+
+export type HostsSyntax = 'ferry' | 'distcc';
+
+export interface HostsConfig {
+  remotes: HostSpec[];
+  /** Jobs that may compile on this machine when every remote slot is busy (`localhost/N`). */
+  localSlots: number;
+  /** Preprocessors at once on this machine; undefined: one per core. */
+  cppSlots?: number;
+  /** What was read but ignored or changed, for the log and `ferry status`. */
+  notes: string[];
+}
+
+/** distcc's default for a bare `localhost`. */
+const DEFAULT_LOCAL_SLOTS = 2;
+
+function globalOption(entry: string, config: HostsConfig): boolean {
+  const m = /^--(localslots|localslots_cpp)=(.*)$/.exec(entry);
+  if (!m) return false;
+  const n = parseCount(entry, m[2], m[1]);
+  if (m[1] === 'localslots') config.localSlots = n;
+  else config.cppSlots = n;
+  return true;
+}
+
+/** One DISTCC_HOSTS entry in Ferry's terms: every remote is reached through SSH. */
+export function distccEntryToFerry(entry: string, notes: string[]): string | undefined {
+  if (entry === '--randomize') {
+    notes.push('DISTCC_HOSTS --randomize ignored: Ferry places each job on the least-loaded host');
+    return undefined;
+  }
+  if (entry.startsWith('+zeroconf')) {
+    notes.push('DISTCC_HOSTS +zeroconf ignored: list the hosts by name');
+    return undefined;
+  }
+  const [main, ...options] = entry.split(',');
+  if (options.length > 0) notes.push(`${entry}: options ,${options.join(',')} ignored (Ferry compresses with LZ4 and always preprocesses here)`);
+  const at = main.indexOf('@');
+  if (at >= 0) {
+    // SSH host: [user]@host[/limit][:command]
+    const user = main.slice(0, at);
+    let rest = main.slice(at + 1);
+    const colon = rest.indexOf(':');
+    if (colon >= 0) {
+      notes.push(`${entry}: remote command "${rest.slice(colon + 1)}" ignored (Ferry talks to ferry-worker)`);
+      rest = rest.slice(0, colon);
+    }
+    return `${user ? `${user}@` : ''}${rest}`;
+  }
+  // TCP host: host[:port][/limit] or the old host[/limit][:port]; the port is distccd's.
+  const m = /^([^:/]+)(?::(\d+))?(?:\/(\d+))?(?::(\d+))?$/.exec(main);
+  if (!m) throw invalid(entry, 'not a distcc host entry');
+  const [, host, port1, limit, port2] = m;
+  if (port1 || port2) notes.push(`${entry}: distccd port ${port1 ?? port2} ignored (Ferry reaches the worker through SSH)`);
+  return `${host}${limit ? `/${limit}` : ''}`;
+}
+
+/** The hosts in force, from FERRY_HOSTS syntax or DISTCC_HOSTS syntax. */
+export function parseHostsConfig(text: string, syntax: HostsSyntax): HostsConfig {
+  const config: HostsConfig = { remotes: [], localSlots: 0, notes: [] };
+  const entries: string[] = [];
+  for (const entry of text.split(/\s+/).filter(Boolean)) {
+    if (globalOption(entry, config)) continue;
+    const ferryEntry = syntax === 'distcc' ? distccEntryToFerry(entry, config.notes) : entry;
+    if (ferryEntry !== undefined) entries.push(ferryEntry);
+  }
+  for (const spec of parseHosts(entries.join(' '))) {
+    if (spec.kind === 'local') config.localSlots = spec.slots ?? DEFAULT_LOCAL_SLOTS;
+    else config.remotes.push(spec);
+  }
+  return config;
 }

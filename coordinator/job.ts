@@ -4,20 +4,22 @@
  * counted by reason; the ones the user did not choose are also told once per build.
  */
 import { randomBytes } from 'node:crypto';
-import { readFile, stat } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import { errorMessage } from '../proto/errors';
 import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchReply';
 import type { LaunchRequest__Output } from '../proto/generated/ferry/launcher/v1/LaunchRequest';
 import type { JobRecord } from '../proto/generated/ferry/coordinator/v1/JobRecord';
 import type { Slots } from '../worker/slots';
-import { classify, isPlainRelativePath, type RemotePlan } from './classify';
+import { classify, type RemotePlan } from './classify';
+import { readSourceFile, wantsColour, wantsExcerpts } from './diagnostics';
+import { expectedOutputs } from './outputs';
 import { expandResponseFiles } from './response-file';
 import { identifyCompiler, type LocalCompiler } from './compiler-id';
 import type { Host } from './host';
 import { removeOutput, writeAtomically } from './object-writer';
-import type { HostPool } from './pool';
-import { hostsText } from './pool';
+import { hostsSource, type HostPool } from './pool';
+import type { LocalSlots } from './local-slots';
 import { preprocess, remoteCompileArgs } from './preprocess';
 import { compileRemotely, RemoteFailure, type RemoteOutcome } from './remote-compile';
 import type { Scheduler } from './scheduler';
@@ -36,6 +38,8 @@ const REMOTE_ENV = /^(LANG|LANGUAGE|LC_[A-Z]+|GCC_COLORS|GCC_URLS|TERM_URLS)$/;
 export interface JobContext {
   pool: HostPool;
   scheduler: Scheduler<Host>;
+  /** Compiles this machine takes on when every remote slot is busy (`localhost/N`). */
+  localSlots: LocalSlots;
   /** Preprocessors running at once on this machine. */
   cppSlots: Slots;
   stats: StatsStore;
@@ -53,61 +57,22 @@ export function envFromList(list: readonly string[]): NodeJS.ProcessEnv {
   return env;
 }
 
-/** The user's terminal would show colours: stderr is a tty, no colour option given, colours not disabled. */
-export function wantsColour(request: Pick<LaunchRequest__Output, 'stderrIsTty' | 'argv'>, env: NodeJS.ProcessEnv): boolean {
-  if (!request.stderrIsTty || env.TERM === 'dumb' || env.GCC_COLORS === '') return false;
-  return !request.argv.some((a) => a.startsWith('-fdiagnostics-color') || a === '-fno-diagnostics-color');
-}
-
-export interface OutputFile {
-  kind: 'OBJECT' | 'ASSEMBLY' | 'SPLIT_DWARF';
-  /** The name the worker gives it under its job directory. */
-  name: string;
-  /** Where it goes here, as the compiler would have named it. */
-  path: string;
-}
-
-/**
- * The files a remote compile brings back. A relative output keeps its name on the worker (gcc
- * records the .dwo's name as derived from it); an absolute one is renamed, which only matters for
- * split DWARF, and the classifier keeps those local.
- */
-export function expectedOutputs(plan: Pick<RemotePlan, 'output' | 'outputKind' | 'splitDwarf'>): OutputFile[] {
-  const name = isPlainRelativePath(plan.output) ? plan.output : plan.outputKind === 'OBJECT' ? 'out.o' : 'out.s';
-  const files: OutputFile[] = [{ kind: plan.outputKind, name, path: plan.output }];
-  if (plan.splitDwarf) files.push({ kind: 'SPLIT_DWARF', name: plan.splitDwarf, path: plan.splitDwarf });
-  return files;
-}
-
-/** gcc prints source excerpts under diagnostics unless told not to, or unless it writes JSON/SARIF. */
-export function wantsExcerpts(compileArgs: readonly string[]): boolean {
-  let excerpts = true;
-  for (const arg of compileArgs) {
-    if (arg === '-fno-diagnostics-show-caret') excerpts = false;
-    else if (arg === '-fdiagnostics-show-caret') excerpts = true;
-    else if (arg.startsWith('-fdiagnostics-format=') && arg !== '-fdiagnostics-format=text') excerpts = false;
-  }
-  return excerpts;
-}
-
-const MAX_EXCERPT_FILE_BYTES = 16 << 20;
-
-/** A file for source excerpts: regular files of reasonable size only. */
-async function readSourceFile(path: string): Promise<Buffer | undefined> {
-  try {
-    const info = await stat(path);
-    if (!info.isFile() || info.size > MAX_EXCERPT_FILE_BYTES) return undefined;
-    return await readFile(path);
-  } catch {
-    return undefined; // Unreadable: the diagnostics go without its lines, as gcc's would.
-  }
-}
-
 function done(exitCode: number, stdout: Buffer, stderr: Buffer): LaunchReply {
   return { action: 'DONE', exitCode, stdout, stderr };
 }
 
-export async function runJob(request: LaunchRequest__Output, context: JobContext, signal: AbortSignal): Promise<LaunchReply> {
+/** The reply for the launcher, and what to release once it hangs up (a local compile ended). */
+export interface JobOutcome {
+  reply: LaunchReply;
+  releaseOnClose?: () => void;
+}
+
+export async function runJob(request: LaunchRequest__Output, context: JobContext, signal: AbortSignal): Promise<JobOutcome> {
+  const reply = await decide(request, context, signal);
+  return 'reply' in reply ? reply : { reply };
+}
+
+async function decide(request: LaunchRequest__Output, context: JobContext, signal: AbortSignal): Promise<LaunchReply | JobOutcome> {
   const started = Date.now();
   const argv = expandResponseFiles(request.argv, request.cwd);
   const decision = classify(argv);
@@ -140,14 +105,17 @@ export async function runJob(request: LaunchRequest__Output, context: JobContext
   const plan = decision.plan;
   const env = envFromList(request.env);
 
-  let text: string;
+  let hostsConfigured: boolean;
   try {
-    text = hostsText(env);
-    context.pool.configure(text, env);
+    const source = hostsSource(env);
+    context.pool.configure(source, env);
+    context.localSlots.resize(context.pool.config.localSlots);
+    context.cppSlots.resize(context.pool.config.cppSlots ?? availableParallelism());
+    hostsConfigured = context.pool.hosts.length > 0;
   } catch (err) {
     return runLocally('hosts-invalid', errorMessage(err), errorMessage(err));
   }
-  if (!text) return runLocally('no-hosts', 'no hosts configured', 'no hosts configured (set FERRY_HOSTS="host1/8 host2/8")');
+  if (!hostsConfigured) return runLocally('no-hosts', 'no hosts configured', 'no hosts configured (set FERRY_HOSTS="host1/8 host2/8")');
 
   let compiler: LocalCompiler;
   try {
@@ -175,6 +143,17 @@ export async function runJob(request: LaunchRequest__Output, context: JobContext
     }
     const why = context.pool.hosts.map((h) => `${h.name}: ${h.lastError ?? h.state}`).join('; ');
     return runLocally('no-host-available', why, `no remote host is reachable (${why})`);
+  }
+
+  // `localhost/N`: when every remote slot is busy, this machine compiles too. The launcher runs the
+  // compiler and keeps our connection open until it exits, which frees the slot.
+  if (!candidates().some((h) => h.usable && h.busy < h.slots)) {
+    const release = context.localSlots.tryAcquire();
+    if (release) {
+      context.stats.countLocal('localhost-slot');
+      finish('localhost', 'localhost-slot', 0);
+      return { reply: { action: 'RUN_LOCALLY', holdConnection: true }, releaseOnClose: release };
+    }
   }
 
   const files = expectedOutputs(plan);
@@ -280,6 +259,7 @@ async function compileOnSomeHost(
       return { ok: false, reason: 'no-host-available', detail: lastFailure || errorMessage(err) };
     }
     const started = Date.now();
+    host.running.set(header.jobId, { source: plan.source, started });
     try {
       if (!host.client) throw new RemoteFailure(`${host.name} lost its connection`, undefined, true);
       const remote = await compileRemotely(host.client, header, source, { deadlineMs: REMOTE_DEADLINE_MS, signal, readSource });
@@ -296,9 +276,11 @@ async function compileOnSomeHost(
       host.markDown(err);
       if (attempt + 1 < REMOTE_ATTEMPTS) {
         context.stats.stats.jobs.retried++;
+        context.stats.host(host.name).retried++;
         context.stats.changed();
       }
     } finally {
+      host.running.delete(header.jobId);
       context.scheduler.release(host);
     }
   }

@@ -6,16 +6,26 @@ import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { Host, type HostContext } from './host';
-import { parseHosts } from './hosts';
+import { parseHostsConfig, type HostsConfig, type HostsSyntax } from './hosts';
 
 export function hostsFiles(env: NodeJS.ProcessEnv): string[] {
   const configHome = env.XDG_CONFIG_HOME || join(env.HOME || homedir(), '.config');
   return [join(configHome, 'ferry', 'hosts'), '/etc/ferry/hosts'];
 }
 
-/** The hosts text for a job's environment: FERRY_HOSTS, else a hosts file (# comments allowed). */
-export function hostsText(env: NodeJS.ProcessEnv, read = (path: string) => readFileSync(path, 'utf8')): string {
-  if (env.FERRY_HOSTS !== undefined) return env.FERRY_HOSTS.trim();
+export interface HostsSource {
+  text: string;
+  syntax: HostsSyntax;
+  /** Where it came from, for messages: FERRY_HOSTS, a file, DISTCC_HOSTS. */
+  origin: string;
+}
+
+/**
+ * The hosts for a job's environment: FERRY_HOSTS, else a hosts file (# comments allowed), else
+ * DISTCC_HOSTS in distcc's syntax. An empty text means no hosts.
+ */
+export function hostsSource(env: NodeJS.ProcessEnv, read = (path: string) => readFileSync(path, 'utf8')): HostsSource {
+  if (env.FERRY_HOSTS !== undefined) return { text: env.FERRY_HOSTS.trim(), syntax: 'ferry', origin: 'FERRY_HOSTS' };
   for (const file of hostsFiles(env)) {
     let text: string;
     try {
@@ -24,21 +34,25 @@ export function hostsText(env: NodeJS.ProcessEnv, read = (path: string) => readF
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
       throw err;
     }
-    return text.replace(/#.*$/gm, '').trim().split(/\s+/).join(' ');
+    return { text: text.replace(/#.*$/gm, '').trim().split(/\s+/).join(' '), syntax: 'ferry', origin: file };
   }
-  return '';
+  if (env.DISTCC_HOSTS !== undefined) return { text: env.DISTCC_HOSTS.trim(), syntax: 'distcc', origin: 'DISTCC_HOSTS' };
+  return { text: '', syntax: 'ferry', origin: 'none' };
 }
 
 export class HostPool {
   hosts: Host[] = [];
   text = '';
+  config: HostsConfig = { remotes: [], localSlots: 0, notes: [] };
 
   constructor(private readonly context: Omit<HostContext, 'env'>, private readonly onChange: () => void) {}
 
-  /** Switches to the hosts in `text` (throws a FerryError for a malformed text, changing nothing). */
-  configure(text: string, env: NodeJS.ProcessEnv): void {
+  /** Switches to the hosts in `source` (throws a FerryError for a malformed text, changing nothing). */
+  configure(source: HostsSource, env: NodeJS.ProcessEnv): void {
+    const text = `${source.syntax}:${source.text}`;
     if (text === this.text) return;
-    const specs = parseHosts(text).filter((spec) => spec.kind !== 'local');
+    const config = parseHostsConfig(source.text, source.syntax);
+    const specs = config.remotes;
     const kept = new Map(this.hosts.map((h) => [h.name, h]));
     const next = specs.map((spec) => {
       const existing = kept.get(spec.name);
@@ -48,12 +62,19 @@ export class HostPool {
     for (const removed of kept.values()) removed.close();
     this.hosts = next;
     this.text = text;
-    this.context.log(`hosts: ${text || '(none)'}`);
+    this.config = config;
+    this.context.log(`hosts from ${source.origin}: ${source.text || '(none)'}`);
+    for (const note of config.notes) this.context.log(`hosts: ${note}`);
   }
 
   close(): void {
     for (const host of this.hosts) host.close();
     this.hosts = [];
     this.text = '';
+  }
+
+  /** The hosts text in force, as the user wrote it. */
+  get description(): string {
+    return this.text.slice(this.text.indexOf(':') + 1);
   }
 }

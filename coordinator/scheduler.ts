@@ -8,7 +8,8 @@ export interface SlotView {
   /** Connected and its compiler matches this job's. */
   usable: boolean;
   slots: number;
-  inUse: number;
+  /** Slots taken: this coordinator's jobs, or more when the worker reports jobs of other initiators. */
+  busy: number;
 }
 
 /**
@@ -19,21 +20,23 @@ export function chooseHost(hosts: readonly SlotView[]): number {
   let best = -1;
   for (let i = 0; i < hosts.length; i++) {
     const h = hosts[i];
-    if (!h.usable || h.inUse >= h.slots) continue;
+    if (!h.usable || h.busy >= h.slots) continue;
     if (best < 0) {
       best = i;
       continue;
     }
     const b = hosts[best];
-    const free = (h.slots - h.inUse) / h.slots;
-    const bestFree = (b.slots - b.inUse) / b.slots;
-    if (free > bestFree || (free === bestFree && h.inUse < b.inUse)) best = i;
+    const free = (h.slots - h.busy) / h.slots;
+    const bestFree = (b.slots - b.busy) / b.slots;
+    if (free > bestFree || (free === bestFree && h.busy < b.busy)) best = i;
   }
   return best;
 }
 
 export interface Schedulable extends SlotView {
   name: string;
+  /** This coordinator's jobs on the host; the scheduler counts them. */
+  inUse: number;
 }
 
 interface Waiter<H extends Schedulable> {

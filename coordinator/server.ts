@@ -12,13 +12,12 @@ import { FerryError, errorMessage } from '../proto/errors';
 import { loadCoordinatorProto, loadLauncherCodec } from '../proto/load';
 import { shutdownGracefully } from '../proto/shutdown';
 import { FERRY_VERSION } from '../proto/version';
-import type { CoordinatorStatus } from '../proto/generated/ferry/coordinator/v1/CoordinatorStatus';
+import { controlService } from './control-service';
 import type { JobRecord } from '../proto/generated/ferry/coordinator/v1/JobRecord';
-import type { Stats } from '../proto/generated/ferry/coordinator/v1/Stats';
-import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchReply';
 import { Slots } from '../worker/slots';
 import type { Host } from './host';
-import { runJob, type JobContext } from './job';
+import { runJob, type JobContext, type JobOutcome } from './job';
+import { LocalSlots } from './local-slots';
 import { Notices } from './notices';
 import { runtimePaths, stateDir, type RuntimePaths } from './paths';
 import { HostPool } from './pool';
@@ -130,17 +129,20 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   stats.ingestLauncherFallbacks();
   const recent: JobRecord[] = [];
   let running = 0;
+  let jobsDone = 0;
   let lastActivity = Date.now();
   const scheduler = new Scheduler<Host>(MAX_QUEUED_JOBS);
   const pool = new HostPool({ tunnelDir: paths.tunnels, log }, () => scheduler.pump());
   const context: JobContext = {
     pool,
     scheduler,
+    localSlots: new LocalSlots(),
     cppSlots: new Slots(Math.max(1, availableParallelism())),
     stats,
     notices: new Notices(),
     log,
     record: (job) => {
+      jobsDone++;
       recent.push(job);
       if (recent.length > RECENT_JOBS_KEPT) recent.shift();
     },
@@ -157,17 +159,28 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
       const payload = await readFrame(socket);
       if (!payload) return;
       const request = codec.decodeRequest(payload);
-      let reply: LaunchReply;
+      let outcome: JobOutcome;
       try {
-        reply = await runJob(request, context, aborter.signal);
+        outcome = await runJob(request, context, aborter.signal);
       } catch (err) {
         if (aborter.signal.aborted) return;
         // A fault of Ferry's own: the build must go on, locally, and the user must hear of it.
         log(`job failed inside the coordinator: ${errorMessage(err)}`);
         stats.countLocal('coordinator-error');
-        reply = { action: 'RUN_LOCALLY', notice: `ferry: internal error (${errorMessage(err)}); compiling locally` };
+        outcome = { reply: { action: 'RUN_LOCALLY', notice: `ferry: internal error (${errorMessage(err)}); compiling locally` } };
       }
-      if (!socket.destroyed) socket.end(frame(codec.encodeReply(reply)));
+      const { reply, releaseOnClose } = outcome;
+      if (socket.destroyed) {
+        releaseOnClose?.();
+        return;
+      }
+      if (releaseOnClose) {
+        // The launcher's compiler inherits this connection; its exit closes it and frees the slot.
+        socket.once('close', releaseOnClose);
+        socket.write(frame(codec.encodeReply(reply)));
+      } else {
+        socket.end(frame(codec.encodeReply(reply)));
+      }
     })()
       .catch((err: unknown) => {
         log(`launcher request: ${errorMessage(err)}`);
@@ -185,48 +198,26 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   let resolveStopped!: () => void;
   const stopped = new Promise<void>((resolve) => (resolveStopped = resolve));
 
-  const status = (recentCount: number): CoordinatorStatus => ({
-    version: FERRY_VERSION,
-    pid: process.pid,
-    started: startedAt,
-    hosts: pool.text,
-    hostStatus: pool.hosts.map((h) => ({
-      name: h.name,
-      state: h.state,
-      lastError: h.lastError ?? '',
-      slots: h.slots,
-      inUse: h.inUse,
-      jobsDone: h.jobsDone,
-      failures: h.failures,
-      workerVersion: h.description?.version ?? '',
-      compilers: h.description?.compilers ?? [],
-      compilerMismatches: [...h.compilerMismatches.values()],
-    })),
-    runningJobs: running,
-    queuedJobs: scheduler.queued,
-    recent: recent.slice(-recentCount),
-  });
   const startedAt = new Date().toISOString();
-  control.addService(proto.ferry.coordinator.v1.Coordinator.service, {
-    Status: (call: grpc.ServerUnaryCall<{ recentJobs: number }, CoordinatorStatus>, callback: grpc.sendUnaryData<CoordinatorStatus>) =>
-      callback(null, status(call.request.recentJobs)),
-    GetStats: (call: grpc.ServerUnaryCall<{ zero: boolean }, Stats>, callback: grpc.sendUnaryData<Stats>) => {
-      stats.ingestLauncherFallbacks();
-      const snapshot = JSON.parse(JSON.stringify(stats.stats)) as Stats;
-      if (call.request.zero) stats.zero();
-      callback(null, snapshot);
-    },
-    Stop: (_call: grpc.ServerUnaryCall<unknown, { pid: number }>, callback: grpc.sendUnaryData<{ pid: number }>) => {
-      callback(null, { pid: process.pid });
-      setImmediate(() => void stop());
-    },
+  const controlHandlers = controlService({
+    pool,
+    scheduler,
+    localSlots: context.localSlots,
+    stats,
+    recent,
+    startedAt,
+    running: () => running,
+    jobsDone: () => jobsDone,
+    stop: () => void stop(),
   });
+  control.addService(proto.ferry.coordinator.v1.Coordinator.service, controlHandlers.handlers);
 
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
       clearInterval(idleTimer);
       log('stopping');
       launcherServer.close();
+      controlHandlers.endStreams();
       await shutdownGracefully(control, 2000);
       pool.close();
       stats.flush();

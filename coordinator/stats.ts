@@ -62,7 +62,10 @@ export class StatsStore {
   }
 
   host(name: string): HostCounters {
-    return (this.stats.hosts[name] ??= { jobs: 0, failures: 0, compileErrors: 0 });
+    const counters = (this.stats.hosts[name] ??= { jobs: 0, failures: 0, compileErrors: 0, retried: 0 });
+    // Statistics saved by an older version lack newer counters.
+    counters.retried ??= 0;
+    return counters;
   }
 
   countLocal(reason: string, n = 1): void {

@@ -5,9 +5,24 @@ export class Slots extends EventEmitter {
   private running = 0;
   private readonly waiting: Array<() => void> = [];
 
-  constructor(readonly size: number) {
+  constructor(private capacity: number) {
     super();
+    Slots.check(capacity);
+  }
+
+  private static check(size: number): void {
     if (!Number.isInteger(size) || size < 1) throw new RangeError(`slots must be a positive integer, got ${size}`);
+  }
+
+  get size(): number {
+    return this.capacity;
+  }
+
+  /** Grows or shrinks; waiting holders get the new room at once, running ones are not disturbed. */
+  resize(size: number): void {
+    Slots.check(size);
+    this.capacity = size;
+    while (this.running < this.capacity && this.waiting.length > 0) this.waiting.shift()!();
   }
 
   get inUse(): number {
@@ -26,7 +41,8 @@ export class Slots extends EventEmitter {
         if (released) return;
         released = true;
         this.running--;
-        const next = this.waiting.shift();
+        // After a shrink, a release may leave no room for the next in line.
+        const next = this.running < this.capacity ? this.waiting.shift() : undefined;
         if (next) next();
         else this.emit('change');
       };
@@ -43,7 +59,7 @@ export class Slots extends EventEmitter {
         reject(signal?.reason ?? new Error('aborted'));
       };
       if (signal?.aborted) return reject(signal.reason);
-      if (this.running < this.size) return grant();
+      if (this.running < this.capacity) return grant();
       signal?.addEventListener('abort', onAbort, { once: true });
       this.waiting.push(grant);
       this.emit('change');

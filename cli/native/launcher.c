@@ -429,6 +429,8 @@ struct reply {
     /* KEY=VALUE pairs to set before running locally (e.g. CCACHE_PREFIX for `ferry ccache gcc`). */
     char *env[MAX_REPLY_ENV];
     size_t env_count;
+    /* Run locally with the connection inherited by the compiler: its exit tells the coordinator. */
+    uint64_t hold_connection;
 };
 
 static int decode_reply(const uint8_t *p, const uint8_t *end, struct reply *r) {
@@ -438,10 +440,11 @@ static int decode_reply(const uint8_t *p, const uint8_t *end, struct reply *r) {
         if (get_varint(&p, end, &tag) != 0 || (tag >> 3) == 0) return -1;
         unsigned wire = tag & 7;
         uint64_t field = tag >> 3;
-        if ((field == 1 || field == 2) && wire == 0) {
+        if ((field == 1 || field == 2 || field == 7) && wire == 0) {
             if (get_varint(&p, end, &v) != 0) return -1;
             if (field == 1) r->action = v;
-            else r->exit_code = (int32_t)(uint32_t)v;
+            else if (field == 2) r->exit_code = (int32_t)(uint32_t)v;
+            else r->hold_connection = v;
         } else if (field >= 3 && field <= 5 && wire == 2) {
             if (get_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p)) return -1;
             const uint8_t **dst = field == 3 ? &r->out : field == 4 ? &r->err : &r->notice;
@@ -503,10 +506,16 @@ static _Noreturn void run_job(int fd) {
         snprintf(g_what, sizeof g_what, "the coordinator closed the connection without answering");
         fall_back("coordinator-lost");
     }
-    close(fd);
 
     struct reply r;
-    if (decode_reply(msg, msg + msg_len, &r) != 0) {
+    int decoded = decode_reply(msg, msg + msg_len, &r);
+    if (decoded == 0 && r.action == ACTION_RUN_LOCALLY && r.hold_connection) {
+        /* The compiler keeps the connection open until it exits (the one fd we let through exec). */
+        fcntl(fd, F_SETFD, 0);
+    } else {
+        close(fd);
+    }
+    if (decoded != 0) {
         snprintf(g_what, sizeof g_what, "the coordinator sent a malformed reply");
         fall_back("coordinator-lost");
     }

@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { parseHostEntry, parseHosts } from '../../coordinator/hosts';
-import { hostsText } from '../../coordinator/pool';
+import { parseHostEntry, parseHosts, parseHostsConfig } from '../../coordinator/hosts';
+import { hostsSource } from '../../coordinator/pool';
+
+const hostsText = (env: NodeJS.ProcessEnv, read: (p: string) => string) => hostsSource(env, read).text;
 
 describe('FERRY_HOSTS entries', () => {
   it.each([
@@ -66,5 +68,50 @@ describe('where hosts come from', () => {
     expect(hostsText({ HOME: '/h', XDG_CONFIG_HOME: '/x' }, read)).toBe('shared/8');
     delete files['/etc/ferry/hosts'];
     expect(hostsText({ HOME: '/h' }, read)).toBe('');
+  });
+});
+
+describe('hosts configuration', () => {
+  it('reads localhost/N and --localslots_cpp in FERRY_HOSTS', () => {
+    const config = parseHostsConfig('localhost/3 a/8 b --localslots_cpp=1', 'ferry');
+    expect(config.remotes.map((h) => h.name)).toEqual(['a', 'b']);
+    expect(config.localSlots).toBe(3);
+    expect(config.cppSlots).toBe(1);
+    expect(parseHostsConfig('localhost a', 'ferry').localSlots).toBe(2);
+    expect(parseHostsConfig('a', 'ferry').localSlots).toBe(0);
+  });
+
+  it.each([
+    ['@build1/8', ['build1'], [8], 0],
+    ['alice@build1/8 bob@build2/4', ['alice@build1', 'bob@build2'], [8, 4], 0],
+    ['build1/16 build2:3632/8 localhost/2', ['build1', 'build2'], [16, 8], 2],
+    ['build1:3632/8,lzo,cpp', ['build1'], [8], 0],
+    ['build1/8:3632', ['build1'], [8], 0],
+    ['@build1/8:/usr/bin/distccd --localslots=4', ['build1'], [8], 4],
+    ['--randomize 10.0.0.5/4 +zeroconf', ['10.0.0.5'], [4], 0],
+  ])('reads DISTCC_HOSTS %j', (text, names, slots, local) => {
+    const config = parseHostsConfig(text, 'distcc');
+    expect(config.remotes.map((h) => h.name)).toEqual(names);
+    expect(config.remotes.map((h) => h.slots)).toEqual(slots);
+    expect(config.remotes.every((h) => h.kind === 'ssh')).toBe(true);
+    expect(config.localSlots).toBe(local);
+  });
+
+  it('notes what it ignores in DISTCC_HOSTS', () => {
+    const notes = parseHostsConfig('--randomize build1:3632/8,lzo @b2/4:/opt/distccd +zeroconf', 'distcc').notes.join('\n');
+    expect(notes).toMatch(/--randomize ignored/);
+    expect(notes).toMatch(/options ,lzo ignored/);
+    expect(notes).toMatch(/distccd port 3632 ignored/);
+    expect(notes).toMatch(/remote command "\/opt\/distccd" ignored/);
+    expect(notes).toMatch(/\+zeroconf ignored/);
+  });
+
+  it('takes DISTCC_HOSTS only when FERRY_HOSTS and the hosts files are absent', () => {
+    const none = () => {
+      throw Object.assign(new Error('missing'), { code: 'ENOENT' });
+    };
+    expect(hostsSource({ HOME: '/h', DISTCC_HOSTS: '@b/8' }, none)).toEqual({ text: '@b/8', syntax: 'distcc', origin: 'DISTCC_HOSTS' });
+    expect(hostsSource({ HOME: '/h', DISTCC_HOSTS: '@b/8', FERRY_HOSTS: 'c/2' }, none).syntax).toBe('ferry');
+    expect(hostsSource({ HOME: '/h' }, none).text).toBe('');
   });
 });

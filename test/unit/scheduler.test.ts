@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { chooseHost, Scheduler, type Schedulable } from '../../coordinator/scheduler';
 
-const h = (slots: number, inUse: number, usable = true) => ({ usable, slots, inUse });
+const h = (slots: number, busy: number, usable = true) => ({ usable, slots, busy });
 
 describe('chooseHost', () => {
   it.each([
@@ -11,6 +11,7 @@ describe('chooseHost', () => {
     ['host down', [h(4, 0, false)], -1],
     ['largest free share wins', [h(4, 3), h(4, 1)], 1],
     ['share, not count: 1/2 free beats 3/8 free', [h(8, 5), h(2, 1)], 1],
+    ['jobs of other initiators count: busy 4 of 4 is full', [h(4, 4), h(8, 7)], 1],
     ['equal share: fewer running wins', [h(8, 4), h(2, 1)], 1],
     ['full tie: first listed wins', [h(4, 2), h(4, 2)], 0],
     ['skips unusable even if emptier', [h(4, 0, false), h(4, 3)], 1],
@@ -21,7 +22,11 @@ describe('chooseHost', () => {
 });
 
 describe('Scheduler', () => {
-  const host = (name: string, slots: number): Schedulable => ({ name, slots, inUse: 0, usable: true });
+  /** A host whose busy count is its own jobs, as with no other initiator on the worker. */
+  const host = (name: string, slots: number): Schedulable => {
+    const h = { name, slots, inUse: 0, usable: true, get busy() { return h.inUse; } };
+    return h;
+  };
 
   it('queues when every slot is busy and grants in arrival order', async () => {
     const a = host('a', 1);

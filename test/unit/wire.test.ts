@@ -92,7 +92,7 @@ describe('worker slots', () => {
 
 describe('diagnostic colours', () => {
   it('asks for colours only where the user would see them', async () => {
-    const { wantsColour } = await import('../../coordinator/job');
+    const { wantsColour } = await import('../../coordinator/diagnostics');
     const argv = ['gcc', '-c', 'a.c'];
     expect(wantsColour({ stderrIsTty: true, argv }, { TERM: 'xterm' })).toBe(true);
     expect(wantsColour({ stderrIsTty: false, argv }, { TERM: 'xterm' })).toBe(false);
@@ -100,5 +100,27 @@ describe('diagnostic colours', () => {
     expect(wantsColour({ stderrIsTty: true, argv }, { GCC_COLORS: '' })).toBe(false);
     expect(wantsColour({ stderrIsTty: true, argv: [...argv, '-fdiagnostics-color=never'] }, {})).toBe(false);
     expect(wantsColour({ stderrIsTty: true, argv: [...argv, '-fno-diagnostics-color'] }, {})).toBe(false);
+  });
+});
+
+describe('resizing slots', () => {
+  it('grows to let waiters in at once and shrinks without disturbing the running', async () => {
+    const { Slots } = await import('../../worker/slots');
+    const slots = new Slots(1);
+    const a = await slots.acquire();
+    let bGot = false;
+    const b = slots.acquire().then((r) => ((bGot = true), r));
+    slots.resize(2);
+    const releaseB = await b;
+    expect(bGot).toBe(true);
+    slots.resize(1);
+    let cGot = false;
+    const c = slots.acquire().then((r) => ((cGot = true), r));
+    a();
+    await new Promise((r) => setImmediate(r));
+    expect(cGot).toBe(false); // one still runs (b) and the size is 1
+    releaseB();
+    (await c)();
+    expect(slots.inUse).toBe(0);
   });
 });
