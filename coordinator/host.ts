@@ -30,6 +30,8 @@ export interface HostContext {
 const FIRST_BACKOFF_MS = 1000;
 const MAX_BACKOFF_MS = 60_000;
 const DESCRIBE_DEADLINE_MS = 15_000;
+/** ssh2 gives up after 3 unanswered keepalives: a vanished host (cable, veth down) is noticed in ~15 s. */
+const SSH_KEEPALIVE_MS = 5000;
 
 /** Channel options: the tunnel is a local socket, so no DNS, and keep the one connection busy. */
 const CHANNEL_OPTIONS: grpc.ChannelOptions = {
@@ -178,7 +180,7 @@ export class Host {
       target = `unix://${(this.spec.worker as { path: string }).path}`;
     } else {
       const sshTarget = await resolveSshTarget(this.spec.alias!, this.context.env, { user: this.spec.user, port: this.spec.sshPort });
-      const ssh = await connectSsh(sshTarget, { agentSocket: this.context.env.SSH_AUTH_SOCK, keepaliveIntervalMs: 15_000 });
+      const ssh = await connectSsh(sshTarget, { agentSocket: this.context.env.SSH_AUTH_SOCK, keepaliveIntervalMs: SSH_KEEPALIVE_MS });
       if (this.closed) {
         ssh.end();
         throw new FerryError('host-closed', `${this.name} was removed while connecting`);
