@@ -124,17 +124,8 @@ async function decide(request: LaunchRequest__Output, context: JobContext, signa
     return runLocally('compiler-unknown', errorMessage(err), errorMessage(err));
   }
 
-  // Hosts not yet connected (or due for a retry) are brought up; down ones answer at once. The job
-  // waits only until one host with its compiler is up, not for every slow host.
-  const matches = (h: Host) => h.accepts(compiler);
-  await Promise.any(
-    context.pool.hosts.map((h) =>
-      h.ensureUp().then(() => {
-        if (!matches(h)) throw new Error(`${h.name} has no matching ${compiler.name}`);
-      }),
-    ),
-  ).catch(() => undefined); // All failed or none matches: said below, with each host's reason.
-  const candidates = () => context.pool.hosts.filter(matches);
+  await hostWithCompiler(context.pool.hosts, compiler);
+  const candidates = () => context.pool.hosts.filter((h) => h.accepts(compiler));
   if (!candidates().some((h) => h.usable)) {
     const up = context.pool.hosts.filter((h) => h.usable);
     if (up.length > 0) {
@@ -219,6 +210,22 @@ async function decide(request: LaunchRequest__Output, context: JobContext, signa
   return done(0, result.stdout, stderr);
 }
 
+/**
+ * Brings up hosts not yet connected (or due for a retry; down ones answer at once) and waits until
+ * one that has the job's compiler is up, or all have answered: not for every slow host, and not
+ * giving up on one still connecting (a job retried after its host failed needs that).
+ */
+async function hostWithCompiler(hosts: readonly Host[], compiler: LocalCompiler): Promise<void> {
+  if (hosts.some((h) => h.usable && h.accepts(compiler))) return;
+  await Promise.any(
+    hosts.map((h) =>
+      h.ensureUp().then(() => {
+        if (!h.accepts(compiler)) throw new Error(`${h.name} has no matching ${compiler.name}`);
+      }),
+    ),
+  ).catch(() => undefined); // All failed or none matches: the caller says so, with each host's reason.
+}
+
 type HostOutcome =
   | { ok: true; remote: RemoteOutcome; host: Host; millis: number }
   | { ok: false; reason: string; detail: string };
@@ -253,6 +260,7 @@ async function compileOnSomeHost(
   for (let attempt = 0; attempt < REMOTE_ATTEMPTS; attempt++) {
     let host: Host;
     try {
+      await hostWithCompiler(context.pool.hosts, compiler);
       host = await context.scheduler.acquire(candidates, signal);
     } catch (err) {
       if (signal.aborted) throw err;

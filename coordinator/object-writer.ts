@@ -4,11 +4,44 @@
  * whole new one, never a truncated one.
  */
 import { randomBytes } from 'node:crypto';
-import { open, rename, unlink } from 'node:fs/promises';
+import { open, readdir, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { FerryError } from '../proto/errors';
 
+/** Temporary files look like `.<name>.ferry-<pid>-<random>`. */
+const TEMP_NAME = /^\..+\.ferry-(\d+)-[0-9a-f]{8}$/;
+const swept = new Set<string>();
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Removes temporary files that a coordinator killed mid-write left in `dir`; once per directory
+ * per coordinator, so a build pays one readdir per output directory.
+ */
+export async function sweepTemporaries(dir: string): Promise<void> {
+  if (swept.has(dir)) return;
+  swept.add(dir);
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return; // The write that follows reports what is wrong with the directory.
+  }
+  for (const name of names) {
+    const m = TEMP_NAME.exec(name);
+    if (m && Number(m[1]) !== process.pid && !alive(Number(m[1]))) await unlink(join(dir, name)).catch(() => undefined);
+  }
+}
+
 export async function writeAtomically(path: string, data: Buffer, umask: number): Promise<void> {
+  await sweepTemporaries(dirname(path));
   const temp = join(dirname(path), `.${basename(path)}.ferry-${process.pid}-${randomBytes(4).toString('hex')}`);
   const mode = 0o666 & ~umask;
   let handle;

@@ -10,11 +10,14 @@ export interface SlotView {
   slots: number;
   /** Slots taken: this coordinator's jobs, or more when the worker reports jobs of other initiators. */
   busy: number;
+  /** Jobs this coordinator has sent there: among equals, the host that had fewer gets the next. */
+  jobsDone?: number;
 }
 
 /**
  * The usable host with a free slot and the largest share of its slots free; ties go to the host
- * with fewer jobs running, then to the one listed first. -1 when no slot is free.
+ * with fewer jobs running, then to the one that had fewer jobs so far (so equal hosts take turns),
+ * then to the one listed first. -1 when no slot is free.
  */
 export function chooseHost(hosts: readonly SlotView[]): number {
   let best = -1;
@@ -28,7 +31,8 @@ export function chooseHost(hosts: readonly SlotView[]): number {
     const b = hosts[best];
     const free = (h.slots - h.busy) / h.slots;
     const bestFree = (b.slots - b.busy) / b.slots;
-    if (free > bestFree || (free === bestFree && h.busy < b.busy)) best = i;
+    const fewerDone = (h.jobsDone ?? 0) < (b.jobsDone ?? 0);
+    if (free > bestFree || (free === bestFree && (h.busy < b.busy || (h.busy === b.busy && fewerDone)))) best = i;
   }
   return best;
 }

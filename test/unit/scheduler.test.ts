@@ -14,6 +14,8 @@ describe('chooseHost', () => {
     ['jobs of other initiators count: busy 4 of 4 is full', [h(4, 4), h(8, 7)], 1],
     ['equal share: fewer running wins', [h(8, 4), h(2, 1)], 1],
     ['full tie: first listed wins', [h(4, 2), h(4, 2)], 0],
+    ['equal load: the host that had fewer jobs takes its turn', [{ ...h(4, 0), jobsDone: 5 }, { ...h(4, 0), jobsDone: 4 }], 1],
+    ['fewer jobs so far does not beat more free slots', [{ ...h(4, 1), jobsDone: 0 }, { ...h(4, 0), jobsDone: 9 }], 1],
     ['skips unusable even if emptier', [h(4, 0, false), h(4, 3)], 1],
     ['all full', [h(1, 1), h(2, 2)], -1],
   ])('%s', (_name, hosts, expected) => {
