@@ -216,14 +216,15 @@ async function decide(request: LaunchRequest__Output, context: JobContext, signa
  * giving up on one still connecting (a job retried after its host failed needs that).
  */
 async function hostWithCompiler(hosts: readonly Host[], compiler: LocalCompiler): Promise<void> {
-  if (hosts.some((h) => h.usable && h.accepts(compiler))) return;
-  await Promise.any(
-    hosts.map((h) =>
-      h.ensureUp().then(() => {
-        if (!h.accepts(compiler)) throw new Error(`${h.name} has no matching ${compiler.name}`);
-      }),
-    ),
-  ).catch(() => undefined); // All failed or none matches: the caller says so, with each host's reason.
+  // Every call gives hosts due for a retry their reconnection attempt, wanted or not.
+  const attempts = hosts.map((h) =>
+    h.ensureUp().then(() => {
+      if (!h.accepts(compiler)) throw new Error(`${h.name} has no matching ${compiler.name}`);
+    }),
+  );
+  // All failed or none matches: the caller says so, with each host's reason.
+  const settled = Promise.any(attempts).catch(() => undefined);
+  if (!hosts.some((h) => h.usable && h.accepts(compiler))) await settled;
 }
 
 type HostOutcome =
