@@ -20,13 +20,13 @@ import type { Host } from './host';
 import { removeOutput, writeAtomically } from './object-writer';
 import { hostsSource, type HostPool } from './pool';
 import type { LocalSlots } from './local-slots';
-import { preprocess, remoteCompileArgs } from './preprocess';
+import { preprocess, remoteCompileArgs, type AskLauncher } from './preprocess';
 import { compileRemotely, RemoteFailure, type RemoteOutcome } from './remote-compile';
 import type { Scheduler } from './scheduler';
 import type { Notices } from './notices';
 import type { StatsStore } from './stats';
 
-export const LAUNCHER_PROTOCOL = 1;
+export const LAUNCHER_PROTOCOL = 2;
 /** The native launcher of this installation (dist/bin/ferry). */
 const LAUNCHER_PATH = join(__dirname, '..', 'bin', 'ferry');
 /** A job that goes wrong on one host is tried on one more before it compiles locally. */
@@ -46,6 +46,8 @@ export interface JobContext {
   notices: Notices;
   log: (line: string) => void;
   record: (job: JobRecord) => void;
+  /** Where launchers write preprocessed sources for us to read (a private directory). */
+  preprocessDir: string;
 }
 
 export function envFromList(list: readonly string[]): NodeJS.ProcessEnv {
@@ -67,12 +69,12 @@ export interface JobOutcome {
   releaseOnClose?: () => void;
 }
 
-export async function runJob(request: LaunchRequest__Output, context: JobContext, signal: AbortSignal): Promise<JobOutcome> {
-  const reply = await decide(request, context, signal);
+export async function runJob(request: LaunchRequest__Output, context: JobContext, ask: AskLauncher, signal: AbortSignal): Promise<JobOutcome> {
+  const reply = await decide(request, context, ask, signal);
   return 'reply' in reply ? reply : { reply };
 }
 
-async function decide(request: LaunchRequest__Output, context: JobContext, signal: AbortSignal): Promise<LaunchReply | JobOutcome> {
+async function decide(request: LaunchRequest__Output, context: JobContext, ask: AskLauncher, signal: AbortSignal): Promise<LaunchReply | JobOutcome> {
   const started = Date.now();
   const argv = expandResponseFiles(request.argv, request.cwd);
   const decision = classify(argv);
@@ -147,6 +149,7 @@ async function decide(request: LaunchRequest__Output, context: JobContext, signa
     }
   }
 
+  const jobId = randomBytes(6).toString('hex');
   const files = expectedOutputs(plan);
   const outputPaths = files.map((f) => resolve(request.cwd, f.path));
   const removeOutputs = () => Promise.all(outputPaths.map((p) => removeOutput(p)));
@@ -159,7 +162,7 @@ async function decide(request: LaunchRequest__Output, context: JobContext, signa
   let pre;
   const cppStarted = Date.now();
   try {
-    pre = await preprocess(compiler.path, plan, request.cwd, env, signal);
+    pre = await preprocess(compiler.path, plan, request.cwd, join(context.preprocessDir, `${jobId}.i`), ask);
   } finally {
     releaseCpp();
   }
@@ -173,7 +176,7 @@ async function decide(request: LaunchRequest__Output, context: JobContext, signa
     return done(pre.exitCode, Buffer.alloc(0), pre.stderr);
   }
 
-  const outcome = await compileOnSomeHost(plan, compiler, pre.source, env, request.cwd, context, signal);
+  const outcome = await compileOnSomeHost(jobId, plan, compiler, pre.source, env, request.cwd, context, signal);
   if (!outcome.ok) return runLocally(outcome.reason, outcome.detail, outcome.detail);
   const { result, outputs } = outcome.remote;
   stats.jobs.remote++;
@@ -232,6 +235,7 @@ type HostOutcome =
   | { ok: false; reason: string; detail: string };
 
 async function compileOnSomeHost(
+  jobId: string,
   plan: RemotePlan,
   compiler: LocalCompiler,
   source: Buffer,
@@ -241,7 +245,7 @@ async function compileOnSomeHost(
   signal: AbortSignal,
 ): Promise<HostOutcome> {
   const header = {
-    jobId: randomBytes(6).toString('hex'),
+    jobId,
     compiler: compiler.name,
     compilerVersion: compiler.version,
     args: remoteCompileArgs(plan, cwd),

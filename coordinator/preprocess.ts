@@ -4,10 +4,10 @@
  * remote compiler's diagnostics and DWARF columns match a local build (facts.md part 3). clang's
  * equivalent is `-frewrite-includes`: includes inlined, everything else left for the compile.
  */
-import { spawn } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { readFile, unlink } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { exitStatus } from '../proto/exit-status';
+import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchReply';
+import type { PreprocessResult__Output } from '../proto/generated/ferry/launcher/v1/PreprocessResult';
 import type { RemotePlan } from './classify';
 
 export interface Preprocessed {
@@ -31,24 +31,31 @@ export function preprocessArgs(plan: RemotePlan): string[] {
   return [...plan.cppArgs, '-E', mode, plan.source];
 }
 
-export async function preprocess(compilerPath: string, plan: RemotePlan, cwd: string, env: NodeJS.ProcessEnv, signal?: AbortSignal): Promise<Preprocessed> {
+/** Asks the launcher to run a preprocessor into a file; resolves with its exit status and stderr. */
+export type AskLauncher = (reply: LaunchReply) => Promise<PreprocessResult__Output>;
+
+/**
+ * The preprocessed source of a job: read as it is when the input is already preprocessed (ccache
+ * with run_second_cpp=false, a .i/.ii), else made by the launcher (see PREPROCESS in
+ * launcher.proto) into `outputFile`, which is read and removed here.
+ */
+export async function preprocess(
+  compilerPath: string,
+  plan: RemotePlan,
+  cwd: string,
+  outputFile: string,
+  ask: AskLauncher,
+): Promise<Preprocessed> {
   if (plan.preprocessed) {
-    // Already preprocessed (ccache with run_second_cpp=false, or a .i/.ii input): sent as is.
     return { exitCode: 0, source: await readFile(resolve(cwd, plan.source)), stderr: Buffer.alloc(0) };
   }
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(compilerPath, preprocessArgs(plan), { cwd, env, stdio: ['ignore', 'pipe', 'pipe'], signal });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (d: Buffer) => out.push(d));
-    child.stderr.on('data', (d: Buffer) => err.push(d));
-    child.once('error', reject);
-    child.once('close', (code, sig) =>
-      resolvePromise({
-        exitCode: exitStatus(code, sig),
-        source: Buffer.concat(out),
-        stderr: Buffer.concat(err),
-      }),
-    );
-  });
+  try {
+    const result = await ask({ action: 'PREPROCESS', preprocessArgv: [compilerPath, ...preprocessArgs(plan)], preprocessOutput: outputFile });
+    const source = result.exitCode === 0 ? await readFile(outputFile) : Buffer.alloc(0);
+    return { exitCode: result.exitCode, source, stderr: Buffer.from(result.stderr) };
+  } finally {
+    await unlink(outputFile).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
+  }
 }

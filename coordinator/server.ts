@@ -16,6 +16,7 @@ import { controlService } from './control-service';
 import type { JobRecord } from '../proto/generated/ferry/coordinator/v1/JobRecord';
 import { Slots } from '../worker/slots';
 import type { Host } from './host';
+import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchReply';
 import { runJob, type JobContext, type JobOutcome } from './job';
 import { LocalSlots } from './local-slots';
 import { Notices } from './notices';
@@ -121,6 +122,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   const log = options.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`));
   const paths = runtimePaths(env);
   prepareRuntimeDir(paths.dir);
+  mkdirSync(join(paths.dir, 'cpp'), { recursive: true, mode: 0o700 });
   if (await socketIsLive(paths.socket)) {
     throw new FerryError('already-running', `a coordinator already answers on ${paths.socket}`, 'Use `ferry stop` first.');
   }
@@ -141,6 +143,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     stats,
     notices: new Notices(),
     log,
+    preprocessDir: join(paths.dir, 'cpp'),
     record: (job) => {
       jobsDone++;
       recent.push(job);
@@ -161,7 +164,14 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
       const request = codec.decodeRequest(payload);
       let outcome: JobOutcome;
       try {
-        outcome = await runJob(request, context, aborter.signal);
+        // A PREPROCESS reply and the launcher's PreprocessResult go back and forth on this connection.
+        const ask = async (reply: LaunchReply) => {
+          socket.write(frame(codec.encodeReply(reply)));
+          const answer = await readFrame(socket);
+          if (!answer) throw new FerryError('cancelled', 'the launcher went away while preprocessing');
+          return codec.decodePreprocessResult(answer);
+        };
+        outcome = await runJob(request, context, ask, aborter.signal);
       } catch (err) {
         if (aborter.signal.aborted) return;
         // A fault of Ferry's own: the build must go on, locally, and the user must hear of it.

@@ -11,6 +11,7 @@ import type { ProtoGrpcType } from './generated/ferry';
 import type { ProtoGrpcType as CoordinatorProtoGrpcType } from './generated/coordinator';
 import type { LaunchRequest__Output } from './generated/ferry/launcher/v1/LaunchRequest';
 import type { LaunchReply } from './generated/ferry/launcher/v1/LaunchReply';
+import type { PreprocessResult, PreprocessResult__Output } from './generated/ferry/launcher/v1/PreprocessResult';
 
 /** Where the .proto files are: beside this module in the source tree, or in proto/ above dist/. */
 export function protoDir(): string {
@@ -52,6 +53,8 @@ export interface LauncherCodec {
   encodeRequest(request: Partial<LaunchRequest__Output>): Buffer;
   encodeReply(reply: LaunchReply): Buffer;
   decodeReply(bytes: Uint8Array): Required<LaunchReply>;
+  decodePreprocessResult(bytes: Uint8Array): PreprocessResult__Output;
+  encodePreprocessResult(result: PreprocessResult): Buffer;
 }
 
 let launcherCodec: LauncherCodec | undefined;
@@ -61,12 +64,15 @@ export function loadLauncherCodec(): LauncherCodec {
   const root = protobuf.loadSync(join(protoDir(), 'launcher.proto'));
   const requestType = root.lookupType('ferry.launcher.v1.LaunchRequest');
   const replyType = root.lookupType('ferry.launcher.v1.LaunchReply');
+  const preprocessType = root.lookupType('ferry.launcher.v1.PreprocessResult');
   const toObject = { longs: Number, enums: String, defaults: true, bytes: Buffer } as protobuf.IConversionOptions;
   launcherCodec = {
     decodeRequest: (bytes) => requestType.toObject(requestType.decode(bytes), toObject) as LaunchRequest__Output,
     encodeRequest: (request) => Buffer.from(requestType.encode(requestType.fromObject(request)).finish()),
     encodeReply: (reply) => Buffer.from(replyType.encode(replyType.fromObject(reply)).finish()),
     decodeReply: (bytes) => replyType.toObject(replyType.decode(bytes), toObject) as Required<LaunchReply>,
+    decodePreprocessResult: (bytes) => preprocessType.toObject(preprocessType.decode(bytes), toObject) as PreprocessResult__Output,
+    encodePreprocessResult: (result) => Buffer.from(preprocessType.encode(preprocessType.fromObject(result)).finish()),
   };
   return launcherCodec;
 }

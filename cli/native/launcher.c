@@ -28,9 +28,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PROTOCOL_VERSION 1
+#define PROTOCOL_VERSION 2
 #define ACTION_DONE 1
 #define ACTION_RUN_LOCALLY 2
+#define ACTION_PREPROCESS 3
+#define MAX_PREPROCESS_ARGS 4096
+#define MAX_PREPROCESS_STDERR (16u << 20)
 /* A reply bigger than this is garbage, not a compiler's output: don't try to allocate it. */
 #define MAX_REPLY_BYTES (1u << 30)
 #define NOTICE_QUIET_SECONDS 60
@@ -431,6 +434,10 @@ struct reply {
     size_t env_count;
     /* Run locally with the connection inherited by the compiler: its exit tells the coordinator. */
     uint64_t hold_connection;
+    /* PREPROCESS: the command (argv[0] an absolute path) and the file its stdout goes to. */
+    char *pp_argv[MAX_PREPROCESS_ARGS + 1];
+    size_t pp_argc;
+    char *pp_output;
 };
 
 static int decode_reply(const uint8_t *p, const uint8_t *end, struct reply *r) {
@@ -452,6 +459,20 @@ static int decode_reply(const uint8_t *p, const uint8_t *end, struct reply *r) {
             *dst = p;
             *dst_len = (size_t)v;
             p += v;
+        } else if ((field == 8 || field == 9) && wire == 2) {
+            if (get_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p)) return -1;
+            char *copy = strndup((const char *)p, (size_t)v);
+            if (!copy) return -1;
+            if (field == 9) {
+                free(r->pp_output);
+                r->pp_output = copy;
+            } else if (r->pp_argc < MAX_PREPROCESS_ARGS) {
+                r->pp_argv[r->pp_argc++] = copy;
+            } else {
+                free(copy);
+                return -1;
+            }
+            p += v;
         } else if (field == 6 && wire == 2) {
             if (get_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p)) return -1;
             if (r->env_count < MAX_REPLY_ENV && memchr(p, '=', (size_t)v)) {
@@ -464,6 +485,97 @@ static int decode_reply(const uint8_t *p, const uint8_t *end, struct reply *r) {
         }
     }
     return 0;
+}
+
+/* Sends one frame (the 4-byte length is already in buf); 0 or -1 with errno. MSG_NOSIGNAL: a
+ * coordinator dying mid-send must give EPIPE, not kill us with SIGPIPE. We never touch the SIGPIPE
+ * disposition, so the compiler inherits the one make gave us. */
+static int send_all(int fd, const uint8_t *buf, size_t len) {
+    for (size_t off = 0; off < len;) {
+        ssize_t n = send(fd, buf + off, len - off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        off += (size_t)n;
+    }
+    return 0;
+}
+
+/* Reads one frame; NULL when the connection closes first or the frame is absurd. */
+static uint8_t *read_frame(int fd, uint32_t *len) {
+    uint8_t hdr[4];
+    if (read_all(fd, hdr, 4) != 0) return NULL;
+    *len = (uint32_t)hdr[0] | (uint32_t)hdr[1] << 8 | (uint32_t)hdr[2] << 16 | (uint32_t)hdr[3] << 24;
+    uint8_t *msg = *len <= MAX_REPLY_BYTES ? malloc(*len ? *len : 1) : NULL;
+    if (!msg || read_all(fd, msg, *len) != 0) {
+        free(msg);
+        return NULL;
+    }
+    return msg;
+}
+
+/* Runs the preprocessor the coordinator asked for, stdout into its file, and reports the exit
+ * status and stderr in a PreprocessResult frame (field 1: int32 exit_code, field 2: stderr).
+ * Preprocessing here rather than in the coordinator: forking this small process costs a fraction
+ * of forking the coordinator, and the preprocessor stays in the build's own process tree. */
+static uint8_t *run_preprocessor(struct reply *r, size_t *frame_len) {
+    int status = 127;
+    size_t err_len = 0, err_cap = 4096;
+    char *err = malloc(err_cap);
+    int pipefd[2] = {-1, -1};
+    int out = r->pp_output ? open(r->pp_output, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600) : -1;
+    if (!err || out < 0 || r->pp_argc == 0 || pipe2(pipefd, O_CLOEXEC) != 0) {
+        if (err) {
+            int n = snprintf(err, err_cap, "ferry: cannot run the preprocessor: %s\n",
+                             r->pp_argc == 0 ? "no command" : strerror(errno));
+            err_len = n > 0 ? ((size_t)n < err_cap ? (size_t)n : err_cap - 1) : 0;
+        }
+    } else {
+        r->pp_argv[r->pp_argc] = NULL;
+        pid_t pid = fork();
+        if (pid == 0) {
+            dup2(out, 1);
+            dup2(pipefd[1], 2);
+            execv(r->pp_argv[0], r->pp_argv);
+            dprintf(2, "ferry: cannot run %s: %s\n", r->pp_argv[0], strerror(errno));
+            _exit(127);
+        }
+        close(pipefd[1]);
+        if (pid > 0) {
+            for (;;) {
+                if (err_len == err_cap && err_cap < MAX_PREPROCESS_STDERR) {
+                    char *bigger = realloc(err, err_cap * 2);
+                    if (bigger) {
+                        err = bigger;
+                        err_cap *= 2;
+                    }
+                }
+                char sink[4096];
+                int full = err_len == err_cap;
+                ssize_t n = read(pipefd[0], full ? sink : err + err_len, full ? sizeof sink : err_cap - err_len);
+                if (n < 0 && errno == EINTR) continue;
+                if (n <= 0) break;
+                if (!full) err_len += (size_t)n; /* past the cap the rest is drained and dropped */
+            }
+            int ws;
+            while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+            }
+            status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+        }
+        close(pipefd[0]);
+    }
+    if (out >= 0) close(out);
+    size_t body = 1 + varint_len(int32_wire(status)) + bytes_len(err_len);
+    uint8_t *buf = malloc(4 + body);
+    if (buf) {
+        uint8_t *p = buf;
+        for (int i = 0; i < 4; i++) *p++ = (uint8_t)(body >> (8 * i));
+        *p++ = 1 << 3 | 0;
+        p = put_varint(p, int32_wire(status));
+        p = put_bytes(p, 2, err ? err : "", err_len);
+        *frame_len = (size_t)(p - buf);
+    }
+    free(err);
+    return buf;
 }
 
 /* Sends the job, waits for the verdict and carries it out. Never returns. */
@@ -480,44 +592,41 @@ static _Noreturn void run_job(int fd) {
         snprintf(g_what, sizeof g_what, "the job is too large to send to the coordinator");
         fall_back("coordinator-lost");
     }
-    /* MSG_NOSIGNAL: a coordinator dying mid-send must give EPIPE, not kill us with SIGPIPE. We never
-     * touch the SIGPIPE disposition, so the compiler inherits the one make gave us. */
-    for (size_t off = 0; off < len;) {
-        ssize_t n = send(fd, req + off, len - off, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            snprintf(g_what, sizeof g_what, "the coordinator went away while receiving the job (%s)",
-                     strerror(errno));
-            fall_back("coordinator-lost");
-        }
-        off += (size_t)n;
+    if (send_all(fd, req, len) != 0) {
+        snprintf(g_what, sizeof g_what, "the coordinator went away while receiving the job (%s)", strerror(errno));
+        fall_back("coordinator-lost");
     }
     free(req);
     free(cwd);
 
-    uint8_t hdr[4];
-    uint8_t *msg = NULL;
-    uint32_t msg_len = 0;
-    if (read_all(fd, hdr, 4) == 0) {
-        msg_len = (uint32_t)hdr[0] | (uint32_t)hdr[1] << 8 | (uint32_t)hdr[2] << 16 | (uint32_t)hdr[3] << 24;
-        msg = msg_len <= MAX_REPLY_BYTES ? malloc(msg_len ? msg_len : 1) : NULL;
-    }
-    if (!msg || read_all(fd, msg, msg_len) != 0) {
-        snprintf(g_what, sizeof g_what, "the coordinator closed the connection without answering");
-        fall_back("coordinator-lost");
-    }
-
     struct reply r;
-    int decoded = decode_reply(msg, msg + msg_len, &r);
-    if (decoded == 0 && r.action == ACTION_RUN_LOCALLY && r.hold_connection) {
+    for (;;) {
+        uint32_t msg_len = 0;
+        uint8_t *msg = read_frame(fd, &msg_len);
+        if (!msg) {
+            snprintf(g_what, sizeof g_what, "the coordinator closed the connection without answering");
+            fall_back("coordinator-lost");
+        }
+        if (decode_reply(msg, msg + msg_len, &r) != 0) {
+            close(fd);
+            snprintf(g_what, sizeof g_what, "the coordinator sent a malformed reply");
+            fall_back("coordinator-lost");
+        }
+        if (r.action != ACTION_PREPROCESS) break;
+        size_t result_len = 0;
+        uint8_t *result = run_preprocessor(&r, &result_len);
+        if (!result || send_all(fd, result, result_len) != 0) {
+            snprintf(g_what, sizeof g_what, "the coordinator went away during preprocessing");
+            fall_back("coordinator-lost");
+        }
+        free(result);
+        free(msg);
+    }
+    if (r.action == ACTION_RUN_LOCALLY && r.hold_connection) {
         /* The compiler keeps the connection open until it exits (the one fd we let through exec). */
         fcntl(fd, F_SETFD, 0);
     } else {
         close(fd);
-    }
-    if (decoded != 0) {
-        snprintf(g_what, sizeof g_what, "the coordinator sent a malformed reply");
-        fall_back("coordinator-lost");
     }
     if (r.action == ACTION_DONE) {
         /* Losing stdout (`gcc -E` without -o) must not pass for success; a lost stderr may. */

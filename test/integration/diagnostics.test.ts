@@ -19,6 +19,8 @@ beforeAll(async () => {
   mkdirSync(join(dir, 'include'));
   writeFileSync(join(dir, 'include', 'helper.h'), 'static inline int helper(int a)\n{\n    int unused = a;\n    return 0;\n}\n');
   writeFileSync(join(dir, 'src', 'uses_header.c'), '#include "helper.h"\nint use(void) { return helper(1); }\n');
+  writeFileSync(join(dir, 'src', 'missing_header.c'), '#include <stdio.h>\n#include "no_such_header.h"\nint x;\n');
+  writeFileSync(join(dir, 'src', 'hash_warning.c'), '#warning "check this"\nint y;\n');
   writeFileSync(
     join(dir, 'src', 'template.cc'),
     '#include <vector>\n#include <string>\nint f() {\n  std::vector<int> v;\n  v.push_back(std::string("x"));\n  return v.size();\n}\n',
@@ -63,6 +65,8 @@ describe('diagnostics through Ferry', () => {
     ['colours forced on', 'gcc', ['-fdiagnostics-color=always', '-Wall', '-Wextra', '-c', 'src/warn.c']],
     ['excerpts turned off', 'gcc', ['-fno-diagnostics-show-caret', '-Wall', '-Wextra', '-c', 'src/warn.c']],
     ['a C++ template error with notes in system headers', 'g++', ['-c', 'src/template.cc']],
+    ['a missing header (the preprocessor fails here)', 'gcc', ['-c', 'src/missing_header.c']],
+    ['a #warning (the preprocessor warns here, then the remote compile)', 'gcc', ['-Wall', '-c', 'src/hash_warning.c']],
   ])('%s', async (_name, compiler, rawArgs) => {
     const args = rawArgs.map((a) => a.replace('@ABS@', dir));
     const { local, remote } = await both(compiler, args);

@@ -175,7 +175,7 @@ describe('launcher ↔ coordinator', () => {
     expect(res.code).toBe(0);
     expect(requests).toHaveLength(1);
     const req = requests[0];
-    expect(req.protocol).toBe(1);
+    expect(req.protocol).toBe(2);
     expect(req.cwd).toBe(realpathSync(dir));
     expect(req.argv).toEqual(['gcc', '-c', 'x.c', '-o', 'x.o']);
     expect(req.env).toContain('FERRY_TEST_MARKER=marker value=with=equals');
