@@ -72,7 +72,7 @@ export async function runMonitor(options: { once?: boolean } = {}): Promise<numb
     while (history.length > 1 && now - history[0].at > 5000) history.shift();
     const span = (now - history[0].at) / 1000;
     const rate = span > 0 ? (status.jobsDone - history[0].done) / span : 0;
-    const view = { width: process.stdout.columns ?? 100, rate };
+    const view = { width: process.stdout.columns || 100, rate };
     if (!tty) {
       process.stdout.write(`${renderMonitorLine(status, view)}\n`);
       return;

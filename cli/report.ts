@@ -50,7 +50,9 @@ export function formatStats(stats: Stats__Output): string {
   const hosts = Object.entries(stats.hosts);
   if (hosts.length) {
     lines.push('hosts');
-    for (const [name, c] of hosts) lines.push(`  ${name.padEnd(20)}${c.jobs} jobs, ${c.failures} failures, ${c.compileErrors} compile errors`);
+    for (const [name, c] of hosts) {
+      lines.push(`  ${name.padEnd(20)}${c.jobs} jobs, ${c.failures} failed (${c.retried ?? 0} sent to another host), ${c.compileErrors} compile errors`);
+    }
   }
   const b = stats.bytes!;
   if (b.sourceRaw) {
@@ -60,6 +62,10 @@ export function formatStats(stats: Stats__Output): string {
     );
   }
   const t = stats.time!;
-  lines.push(`time (summed)         preprocess ${(t.preprocess / 1000).toFixed(1)} s, remote ${(t.remote / 1000).toFixed(1)} s (compiling ${(t.remoteCompile / 1000).toFixed(1)} s)`);
+  const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+  lines.push(
+    `time (summed)         preprocess ${seconds(t.preprocess)}, remote ${seconds(t.remote)}: ` +
+      `compiling ${seconds(t.remoteCompile)}, transfer and waiting ${seconds(Math.max(0, t.remote - t.remoteCompile))}`,
+  );
   return lines.join('\n');
 }
