@@ -164,6 +164,19 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('hosts')
+    .description('the hosts jobs go to')
+    .command('check')
+    .description('check each host (ssh config, host key, login, worker, version, compilers) and say what to fix')
+    .argument('[hosts...]', 'host names or FERRY_HOSTS entries (default: the configured hosts)')
+    .option('--json', 'print the results as JSON')
+    .action(async (hosts: string[], options: { json?: boolean }) => {
+      const { runHostsCheck } = await import('./hosts-check');
+      const write = (text: string) => process.stdout.write(text);
+      process.exitCode = await runHostsCheck(hosts, { json: !!options.json, env: process.env, cwd: process.cwd(), write });
+    });
+
+  program
     .command('version')
     .description('print the version')
     .action(() => {

@@ -3,7 +3,7 @@
  * allowed compiler in a private directory, stream the outputs back, remove the directory.
  */
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { FerryError, errorMessage } from '../proto/errors';
@@ -14,29 +14,53 @@ import type { SourceFile__Output } from '../proto/generated/ferry/v1/SourceFile'
 import type { CompileReply } from '../proto/generated/ferry/v1/CompileReply';
 import type { JobHeader__Output } from '../proto/generated/ferry/v1/JobHeader';
 import type { Language__Output } from '../proto/generated/ferry/v1/Language';
-import { checkJobArgs } from './arg-policy';
+import { checkJobArgs, type ArgPolicy } from './arg-policy';
 import { diagnosticFiles, hasLocatedDiagnostics, lineMarkerPaths, mirrorPath, rewriteLineMarkers } from './excerpts';
 import type { CompilerTable } from './compilers';
 import { isLocalPeer } from './listen';
-import type { Slots } from './slots';
+import { Slots } from './slots';
 
 export interface WorkerLimits {
-  /** Uncompressed preprocessed source, bytes. */
+  /** Uncompressed preprocessed source, bytes (max_source_mb). */
   maxSourceBytes: number;
-  /** Each output file, bytes. */
+  /** The source's chunks as sent, bytes (max_compressed_source_mb). */
+  maxCompressedSourceBytes: number;
+  /** Each output file, bytes (max_object_mb). */
   maxOutputBytes: number;
   /** Compiler stdout and stderr each, bytes; the rest is cut with a note. */
   maxMessageBytes: number;
-  /** A compile running longer is killed. */
+  /** A source taking longer to arrive, or a compiler running longer, ends the job (job_timeout). */
   jobTimeoutMs: number;
+  /** Jobs one client connection may have past the door at once (max_jobs_per_connection). */
+  maxJobsPerConnection: number;
 }
 
 export const DEFAULT_LIMITS: WorkerLimits = {
   maxSourceBytes: 256 << 20,
+  maxCompressedSourceBytes: 256 << 20,
   maxOutputBytes: 512 << 20,
   maxMessageBytes: 16 << 20,
   jobTimeoutMs: 30 * 60_000,
+  maxJobsPerConnection: 64,
 };
+
+/** "1 MiB", "0.5 MiB": limits are configured in MiB. */
+function mib(bytes: number): string {
+  return `${+(bytes / (1 << 20)).toFixed(2)} MiB`;
+}
+
+/** What to do about a limit: the key that raises it. */
+function raiseHint(key: string, flag: string): string {
+  return `Raise ${key} in the worker's worker.conf (or ferry-worker --${flag}), or compile this file locally.`;
+}
+
+/** A client's string, cut for a message: statuses travel in HTTP/2 trailers, which have a size limit. */
+function shorten(text: string): string {
+  return text.length > 200 ? `${text.slice(0, 200)}…` : text;
+}
+
+/** Outputs a job may name: an object, a .dwo, an assembly file; a few more cost nothing. */
+const MAX_OUTPUTS = 16;
 
 /** Environment variables a client may set for the compiler: they change messages, not code. */
 const PASSED_ENV = /^(LANG|LANGUAGE|LC_[A-Z]+|GCC_COLORS|GCC_URLS|TERM_URLS)$/;
@@ -51,6 +75,7 @@ export interface CompileDeps {
   tmpRoot: string;
   limits: WorkerLimits;
   counters: WorkerCounters;
+  argPolicy: ArgPolicy;
   /** Listening on a Unix socket (peers have no address to check). */
   unixSocket: boolean;
   log: (line: string) => void;
@@ -66,10 +91,34 @@ const SOURCE_EXTENSION: Record<Language__Output, string> = {
   OBJCXX: 'mii',
 };
 
+/** A full disk is the host's trouble, not the job's: UNAVAILABLE sends the job to another host. */
+function diskError(err: unknown): never {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    throw new JobRefused(grpc.status.UNAVAILABLE, 'disk-full', `the worker's disk is full (${(err as Error).message})`, 'Free space in the worker\'s tmpdir.');
+  }
+  throw err;
+}
+
 /** A relative path with no `.`/`..`/empty segments: it stays inside the directory it is joined to. */
 export function isJobRelativePath(path: string): boolean {
-  if (!path || path.length > 4096 || path.startsWith('/') || path.includes('\0')) return false;
+  if (!path || path.startsWith('/') || !fitsFileSystem(path)) return false;
   return path.split('/').every((segment) => segment !== '' && segment !== '.' && segment !== '..');
+}
+
+/**
+ * A name the file system takes once placed inside a job directory: no NUL, no segment over
+ * NAME_MAX, and room left under PATH_MAX for the job directory's own path.
+ */
+export function fitsFileSystem(path: string): boolean {
+  return !path.includes('\0') && Buffer.byteLength(path) <= 3072 && path.split('/').every((segment) => Buffer.byteLength(segment) <= 255);
+}
+
+/** The client's working directory: empty, or absolute without `.`/`..` (it is mirrored inside the job directory). */
+export function isMirrorableCwd(cwd: string): boolean {
+  if (!cwd) return true;
+  if (!cwd.startsWith('/') || !fitsFileSystem(cwd)) return false;
+  return cwd.split('/').every((segment) => segment !== '.' && segment !== '..');
 }
 
 /** A FerryError carrying the gRPC status it should end the call with. */
@@ -85,7 +134,7 @@ function validateHeader(header: JobHeader__Output, deps: CompileDeps) {
     throw new JobRefused(
       grpc.status.NOT_FOUND,
       'unknown-compiler',
-      `compiler "${header.compiler}" is not on this worker's allow list`,
+      `compiler "${shorten(header.compiler)}" is not on this worker's allow list`,
       `Allowed here: ${[...deps.compilers.byName.keys()].join(', ') || 'none'}.`,
     );
   }
@@ -93,7 +142,7 @@ function validateHeader(header: JobHeader__Output, deps: CompileDeps) {
     throw new JobRefused(
       grpc.status.FAILED_PRECONDITION,
       'compiler-mismatch',
-      `compiler "${header.compiler}" here is "${compiler.version}", the job expects "${header.compilerVersion}"`,
+      `compiler "${header.compiler}" here is "${compiler.version}", the job expects "${shorten(header.compilerVersion)}"`,
       'Install the same compiler version on the worker, or remove this host for that compiler.',
     );
   }
@@ -101,21 +150,35 @@ function validateHeader(header: JobHeader__Output, deps: CompileDeps) {
     throw new JobRefused(grpc.status.INVALID_ARGUMENT, 'bad-request', 'job header has no language');
   }
   if (header.outputs.length === 0) throw new JobRefused(grpc.status.INVALID_ARGUMENT, 'bad-request', 'job header names no outputs');
+  if (header.outputs.length > MAX_OUTPUTS) {
+    throw new JobRefused(grpc.status.INVALID_ARGUMENT, 'bad-request', `job header names ${header.outputs.length} outputs, more than ${MAX_OUTPUTS}`);
+  }
   for (const output of header.outputs) {
     if (!isJobRelativePath(output.name)) {
-      throw new JobRefused(grpc.status.INVALID_ARGUMENT, 'bad-request', `output name "${output.name}" must be a relative path inside the job directory`);
+      throw new JobRefused(grpc.status.INVALID_ARGUMENT, 'bad-request', `output name "${shorten(output.name)}" must be a relative path inside the job directory`);
+    }
+  }
+  if (!isMirrorableCwd(header.cwd)) {
+    throw new JobRefused(grpc.status.INVALID_ARGUMENT, 'bad-request', `working directory "${shorten(header.cwd)}" must be an absolute path without "." or "..", NUL or overlong names`);
+  }
+  if (header.sourcePath && !fitsFileSystem(header.sourcePath)) {
+    throw new JobRefused(grpc.status.INVALID_ARGUMENT, 'bad-request', `source path "${shorten(header.sourcePath)}" has a NUL byte or an overlong name`);
+  }
+  for (const [name, value] of Object.entries(header.env ?? {})) {
+    if (value.includes('\0') || name.includes('\0')) {
+      throw new JobRefused(grpc.status.INVALID_ARGUMENT, 'bad-request', `environment variable ${JSON.stringify(name)} contains a NUL byte`);
     }
   }
   if (header.sourceSize > deps.limits.maxSourceBytes) {
     throw new JobRefused(
       grpc.status.RESOURCE_EXHAUSTED,
       'too-large',
-      `source of ${header.sourceSize} bytes is over this worker's limit of ${deps.limits.maxSourceBytes}`,
-      'Compile this file locally or raise the worker limit.',
+      `source of ${header.sourceSize} bytes is over this worker's limit of ${mib(deps.limits.maxSourceBytes)} (max_source_mb)`,
+      raiseHint('max_source_mb', 'max-source-mb'),
     );
   }
   try {
-    checkJobArgs(header.args);
+    checkJobArgs(header.args, deps.argPolicy);
   } catch (err) {
     const e = err as FerryError;
     throw new JobRefused(grpc.status.INVALID_ARGUMENT, e.code, e.message, e.hint);
@@ -127,13 +190,14 @@ function validateHeader(header: JobHeader__Output, deps: CompileDeps) {
 const MAX_EXCERPT_FILES = 64;
 const EXCERPT_FILES_TIMEOUT_MS = 30_000;
 
-/** Waits for the client's SourceFiles, after the source: resolves undefined on timeout or end. */
-function awaitSourceFiles(call: Call, timeoutMs: number): Promise<SourceFile__Output[] | undefined> {
+/** Waits for the client's SourceFiles, after the source: resolves undefined on timeout, end or cancellation. */
+function awaitSourceFiles(call: Call, timeoutMs: number, signal: AbortSignal): Promise<SourceFile__Output[] | undefined> {
   return new Promise((resolve) => {
     const done = (files: SourceFile__Output[] | undefined) => {
       clearTimeout(timer);
       call.off('data', onData);
       call.off('end', onEnd);
+      signal.removeEventListener('abort', onEnd);
       resolve(files);
     };
     const onData = (message: CompileRequest__Output) => done(message.part === 'files' ? (message.files?.files ?? []) : undefined);
@@ -141,24 +205,42 @@ function awaitSourceFiles(call: Call, timeoutMs: number): Promise<SourceFile__Ou
     const timer = setTimeout(() => done(undefined), timeoutMs);
     call.on('data', onData);
     call.once('end', onEnd);
+    signal.addEventListener('abort', onEnd, { once: true });
   });
 }
 
-/** Reads the request stream up to its SourceEnd. */
-function receiveJob(call: Call, deps: CompileDeps): Promise<{ header: JobHeader__Output; source: Buffer }> {
+/** Reads the request stream up to its SourceEnd, within the job timeout; `signal` (a cancelled call) abandons it. */
+function receiveJob(call: Call, deps: CompileDeps, signal: AbortSignal): Promise<{ header: JobHeader__Output; source: Buffer }> {
   return new Promise((resolve, reject) => {
     let header: JobHeader__Output | undefined;
     const parts: Buffer[] = [];
     let size = 0;
+    let sent = 0;
     let settled = false;
     const finish = (err?: unknown) => {
       if (settled) return;
       settled = true;
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onAbort);
       call.off('data', onData);
       call.off('end', onEnd);
       if (err) reject(err);
       else resolve({ header: header!, source: Buffer.concat(parts, size) });
     };
+    // A client that stops sending must not hold its connection's turn (and its memory) forever.
+    const timer = setTimeout(
+      () =>
+        finish(
+          new JobRefused(
+            grpc.status.DEADLINE_EXCEEDED,
+            'receive-timeout',
+            `the job's source did not arrive within ${deps.limits.jobTimeoutMs / 1000} s (job_timeout)`,
+            raiseHint('job_timeout', 'job-timeout'),
+          ),
+        ),
+      deps.limits.jobTimeoutMs,
+    );
+    const onAbort = () => finish(signal.reason);
     const onEnd = () => finish(new JobRefused(grpc.status.DATA_LOSS, 'truncated', 'request stream ended before the source was complete'));
     const onData = (message: CompileRequest__Output) => {
       try {
@@ -166,6 +248,15 @@ function receiveJob(call: Call, deps: CompileDeps): Promise<{ header: JobHeader_
           header = message.header;
           validateHeader(header, deps);
         } else if (message.part === 'source' && message.source && header) {
+          sent += message.source.data.length;
+          if (sent > deps.limits.maxCompressedSourceBytes) {
+            throw new JobRefused(
+              grpc.status.RESOURCE_EXHAUSTED,
+              'too-large',
+              `source as sent passed this worker's limit of ${mib(deps.limits.maxCompressedSourceBytes)} (max_compressed_source_mb) at ${sent} bytes`,
+              raiseHint('max_compressed_source_mb', 'max-compressed-source-mb'),
+            );
+          }
           const raw = decodeChunk(message.source, header.sourceSize - size);
           size += raw.length;
           parts.push(raw);
@@ -194,6 +285,8 @@ function receiveJob(call: Call, deps: CompileDeps): Promise<{ header: JobHeader_
     call.on('data', onData);
     call.once('end', onEnd);
     call.once('error', finish);
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
   });
 }
 
@@ -226,11 +319,21 @@ function collect(stream: NodeJS.ReadableStream, limit: number): () => Buffer {
 
 function runCompiler(path: string, args: string[], cwd: string, env: NodeJS.ProcessEnv, deps: CompileDeps, signal: AbortSignal): Promise<CompilerRun> {
   return new Promise((resolve, reject) => {
-    const child = spawn(path, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    // Its own process group: the driver's children (cc1, as) die with it instead of running on
+    // with the job directory, and holding the pipes that 'close' waits for.
+    const child = spawn(path, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     const stdout = collect(child.stdout!, deps.limits.maxMessageBytes);
     const stderr = collect(child.stderr!, deps.limits.maxMessageBytes);
     let timedOut = false;
-    const kill = () => child.kill('SIGKILL');
+    const kill = () => {
+      if (child.pid === undefined) return;
+      try {
+        process.kill(-child.pid, 'SIGKILL');
+      } catch (err) {
+        // ESRCH: the group is gone already, which is what we wanted.
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') deps.log(`cannot kill compiler group ${child.pid}: ${errorMessage(err)}`);
+      }
+    };
     const timer = setTimeout(() => {
       timedOut = true;
       kill();
@@ -238,7 +341,9 @@ function runCompiler(path: string, args: string[], cwd: string, env: NodeJS.Proc
     signal.addEventListener('abort', kill, { once: true });
     child.once('error', (err) => {
       clearTimeout(timer);
-      reject(new JobRefused(grpc.status.INTERNAL, 'compiler-failed-to-start', `cannot run ${path}: ${err.message}`));
+      // The compiler went away since the worker started (uninstalled, upgraded): the host cannot
+      // take this job, another host can.
+      reject(new JobRefused(grpc.status.UNAVAILABLE, 'compiler-failed-to-start', `cannot run ${path}: ${err.message}`, 'Reinstall the compiler or restart ferry-worker.'));
     });
     // 'close' fires when the process exited and its pipes are drained: no polling, no rounding.
     child.once('close', (code, sig) => {
@@ -249,8 +354,8 @@ function runCompiler(path: string, args: string[], cwd: string, env: NodeJS.Proc
           new JobRefused(
             grpc.status.DEADLINE_EXCEEDED,
             'job-timeout',
-            `compiler ran longer than ${deps.limits.jobTimeoutMs} ms and was killed`,
-            'Raise the worker job timeout or compile this file locally.',
+            `compiler ran longer than ${deps.limits.jobTimeoutMs / 1000} s and was killed (job_timeout)`,
+            raiseHint('job_timeout', 'job-timeout'),
           ),
         );
         return;
@@ -296,7 +401,7 @@ async function placeSource(jobDir: string, header: JobHeader__Output, source: Bu
   const cwd = header.cwd || '/';
   const target = mirrorPath(root, cwd, header.sourcePath);
   if (!target) {
-    throw new JobRefused(grpc.status.INVALID_ARGUMENT, 'bad-request', `source path "${header.sourcePath}" leaves the job directory`);
+    throw new JobRefused(grpc.status.INVALID_ARGUMENT, 'bad-request', `source path "${shorten(header.sourcePath)}" leaves the job directory`);
   }
   await mkdir(dirname(target), { recursive: true });
   await writeFile(target, source, { mode: 0o600 });
@@ -317,9 +422,10 @@ async function sendOutputs(call: Call, header: JobHeader__Output, jobDir: string
       sizes.push(0);
       continue;
     }
-    let data: Buffer;
+    const path = join(jobDir, 'out', header.outputs[index].name);
+    let size: number;
     try {
-      data = await readFile(join(jobDir, 'out', header.outputs[index].name));
+      size = (await stat(path)).size;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
         sizes.push(0);
@@ -327,9 +433,16 @@ async function sendOutputs(call: Call, header: JobHeader__Output, jobDir: string
       }
       throw err;
     }
-    if (data.length > deps.limits.maxOutputBytes) {
-      throw new JobRefused(grpc.status.RESOURCE_EXHAUSTED, 'too-large', `output ${header.outputs[index].name} is over the limit of ${deps.limits.maxOutputBytes} bytes`);
+    // Checked before reading: an oversized object is never loaded into memory.
+    if (size > deps.limits.maxOutputBytes) {
+      throw new JobRefused(
+        grpc.status.RESOURCE_EXHAUSTED,
+        'too-large',
+        `output ${header.outputs[index].name} is ${size} bytes, over this worker's limit of ${mib(deps.limits.maxOutputBytes)} (max_object_mb)`,
+        raiseHint('max_object_mb', 'max-object-mb'),
+      );
     }
+    const data = await readFile(path);
     sizes.push(data.length);
     for (const chunk of splitIntoChunks(data)) call.write({ output: { output: index, chunk } });
   }
@@ -356,7 +469,7 @@ async function diagnosticsWithExcerpts(
     .filter((path) => known.has(path))
     .slice(0, MAX_EXCERPT_FILES);
   if (wanted.length === 0) return undefined;
-  const reply = awaitSourceFiles(call, EXCERPT_FILES_TIMEOUT_MS);
+  const reply = awaitSourceFiles(call, EXCERPT_FILES_TIMEOUT_MS, signal);
   call.write({ wanted: { paths: wanted } });
   const files = await reply;
   if (!files) return undefined;
@@ -369,7 +482,14 @@ async function diagnosticsWithExcerpts(
     if (file.missing || !file.content || !wanted.includes(file.path)) continue;
     const target = mirrorPath(root, cwd, file.path);
     if (!target) continue;
-    const content = decodeChunk(file.content, budget);
+    let content: Buffer;
+    try {
+      content = decodeChunk(file.content, budget);
+    } catch (err) {
+      // The client's mistake, not the worker's: say so with the status the source's chunks get.
+      const e = err as FerryError;
+      throw new JobRefused(grpc.status.INVALID_ARGUMENT, e.code, `source file ${file.path} for excerpts: ${e.message}`, e.hint);
+    }
     budget -= content.length;
     await mkdir(dirname(target), { recursive: true });
     await writeFile(target, content, { mode: 0o600 });
@@ -387,13 +507,47 @@ async function diagnosticsWithExcerpts(
   return { ...again, stdout: unmirror(again.stdout), stderr: unmirror(again.stderr) };
 }
 
+/**
+ * The HTTP/2 session (one client connection) a call came on. grpc-js does not expose it, and a
+ * call's peer string is the same for every connection to a Unix socket, so this walks the call's
+ * wrappers (ServerDuplexStreamImpl.call -> ServerInterceptingCall.nextCall -> .stream) of the
+ * grpc-js version package.json pins. It fails loudly rather than let the per-connection cap lapse.
+ */
+export function http2SessionOf(call: object): object {
+  let node = call as { call?: unknown; nextCall?: unknown; stream?: { session?: object } } | undefined;
+  for (let depth = 0; node && depth < 8; depth++) {
+    if (node.stream?.session) return node.stream.session;
+    node = (node.call ?? node.nextCall) as typeof node;
+  }
+  throw new FerryError('internal', "cannot find a call's HTTP/2 session: @grpc/grpc-js internals changed", 'Install the @grpc/grpc-js version package.json names.');
+}
+
 export function makeCompileHandler(deps: CompileDeps) {
+  /*
+   * max_jobs_per_connection: calls over a connection's cap wait for its earlier jobs rather than
+   * fail. A coordinator opens as many calls as the slots it was told (/N), which can exceed the
+   * cap, and a refusal would make it compile those jobs locally. A waiting call is parked before
+   * its source is read (HTTP/2 flow control keeps the bytes at the client), so it costs one idle
+   * stream, and it stays out of the shared slot queue, so other clients' jobs are not stuck behind
+   * one client's surplus. Its deadline and cancellation still end it.
+   */
+  const turns = new WeakMap<object, Slots>();
+  const turnsOf = (call: Call): Slots => {
+    const session = http2SessionOf(call);
+    let slots = turns.get(session);
+    if (!slots) {
+      slots = new Slots(deps.limits.maxJobsPerConnection);
+      turns.set(session, slots);
+    }
+    return slots;
+  };
+
   return (call: Call): void => {
-    const started = process.hrtime.bigint();
     const aborter = new AbortController();
     call.once('cancelled', () => aborter.abort(new FerryError('cancelled', 'client cancelled the job')));
     let jobDir: string | undefined;
     let jobId = '?';
+    let releaseTurn: (() => void) | undefined;
     const micros = (from: bigint) => Number((process.hrtime.bigint() - from) / 1000n);
 
     (async () => {
@@ -401,7 +555,9 @@ export function makeCompileHandler(deps: CompileDeps) {
       if (!deps.unixSocket && !isLocalPeer(call.getPeer())) {
         throw new JobRefused(grpc.status.PERMISSION_DENIED, 'not-local', `refusing a job from ${call.getPeer()}: only local clients are served`);
       }
-      const { header, source } = await receiveJob(call, deps);
+      releaseTurn = await turnsOf(call).acquire(aborter.signal);
+      const started = process.hrtime.bigint();
+      const { header, source } = await receiveJob(call, deps, aborter.signal);
       jobId = header.jobId || '?';
       const receiveUs = micros(started);
       const compiler = deps.compilers.byName.get(header.compiler)!;
@@ -409,8 +565,8 @@ export function makeCompileHandler(deps: CompileDeps) {
       const release = await deps.slots.acquire(aborter.signal);
       try {
         const queuedUs = micros(queuedAt);
-        jobDir = await mkdtemp(join(deps.tmpRoot, 'job-'));
-        const placed = await placeSource(jobDir, header, source);
+        jobDir = await mkdtemp(join(deps.tmpRoot, 'job-')).catch(diskError);
+        const placed = await placeSource(jobDir, header, source).catch(diskError);
         const compileAt = process.hrtime.bigint();
         const run = await runCompiler(
           compiler.path,
@@ -422,6 +578,10 @@ export function makeCompileHandler(deps: CompileDeps) {
         );
         const compileUs = micros(compileAt);
         deps.counters.jobsDone++;
+        // The compiler could not write its temporaries or output: the disk, not the source, failed.
+        if (run.exitCode !== 0 && /No space left on device|Disk quota exceeded/.test(run.stderr.toString('utf8'))) {
+          throw new JobRefused(grpc.status.UNAVAILABLE, 'disk-full', "the worker's disk is full (the compiler could not write)", "Free space in the worker's tmpdir.");
+        }
         if (aborter.signal.aborted) return;
         const outputSizes = await sendOutputs(call, header, jobDir, run, deps);
         let shown = run;
@@ -455,6 +615,7 @@ export function makeCompileHandler(deps: CompileDeps) {
         call.emit('error', { code: status, details });
       })
       .finally(() => {
+        releaseTurn?.();
         if (jobDir) {
           rm(jobDir, { recursive: true, force: true }).catch((err: unknown) =>
             deps.log(`could not remove ${jobDir}: ${errorMessage(err)}`),

@@ -1,15 +1,17 @@
 /** The worker's gRPC server: the Worker service and gRPC's standard health service. */
-import { chmod, lstat, mkdtemp, rm, unlink } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { chmod, chown, lstat, mkdtemp, rm, unlink } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
-import { FerryError } from '../proto/errors';
+import { FerryError, errorMessage } from '../proto/errors';
 import { loadWorkerProto } from '../proto/load';
 import { shutdownGracefully } from '../proto/shutdown';
 import { FERRY_VERSION } from '../proto/version';
 import type { WorkerDescription } from '../proto/generated/ferry/v1/WorkerDescription';
 import type { WorkerLoad } from '../proto/generated/ferry/v1/WorkerLoad';
+import type { ArgPolicy } from './arg-policy';
 import type { CompilerTable } from './compilers';
 import { makeCompileHandler, type WorkerCounters, type WorkerLimits } from './compile';
 import { grpcBindTarget, type ListenAddress } from './listen';
@@ -22,6 +24,9 @@ export interface WorkerOptions {
   slots: number;
   compilers: CompilerTable;
   limits: WorkerLimits;
+  argPolicy?: ArgPolicy;
+  /** Group given the Unix socket: its members may submit jobs. */
+  socketGroup?: string;
   /** Parent of the private job directories. */
   tmpBase?: string;
   log?: (line: string) => void;
@@ -33,6 +38,42 @@ export interface RunningWorker {
   counters: WorkerCounters;
   slots: Slots;
   stop(): Promise<void>;
+}
+
+/** The gid in a `getent group` line ("ferry:x:998:alice,bob"); undefined when it is not one. */
+export function parseGroupEntry(line: string, name: string): number | undefined {
+  const [entryName, , gidText] = line.trim().split(':');
+  if (entryName !== name || !/^\d+$/.test(gidText ?? '')) return undefined;
+  return Number(gidText);
+}
+
+/** Looks a group up through NSS (getent), as ls and chgrp do, so LDAP and sssd groups work too. */
+function groupId(name: string): Promise<number> {
+  const missing = () =>
+    new FerryError('socket-group-missing', `socket group "${name}" does not exist on this machine`,
+      `Create it (sudo groupadd --system ${name}) and add the users who may submit jobs (sudo usermod -aG ${name} USER), or change socket_group.`);
+  return new Promise((resolve, reject) => {
+    execFile('getent', ['group', '--', name], { timeout: 10_000 }, (err, stdout) => {
+      // getent exits 2 for a name it does not know.
+      if (err && (err as { code?: unknown }).code === 2) return reject(missing());
+      if (err) return reject(new FerryError('socket-group-lookup-failed', `cannot look up group "${name}": ${errorMessage(err)}`, 'Check that getent (libc-bin) is installed.'));
+      const gid = parseGroupEntry(stdout.split('\n')[0], name);
+      if (gid === undefined) reject(missing());
+      else resolve(gid);
+    });
+  });
+}
+
+/** Gives the socket to `group`; the worker must be root or a member of it. */
+async function chgrpSocket(path: string, group: string): Promise<void> {
+  const gid = await groupId(group);
+  try {
+    // -1: keep the owner.
+    await chown(path, -1, gid);
+  } catch (err) {
+    throw new FerryError('socket-group-failed', `cannot give ${path} to group "${group}": ${errorMessage(err)}`,
+      `Run ferry-worker as root or as a member of "${group}" (sudo usermod -aG ${group} <worker user>).`, { cause: err });
+  }
 }
 
 /** Removes a leftover socket file from a worker that died; refuses to delete anything else. */
@@ -97,6 +138,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       slots,
       tmpRoot,
       limits: options.limits,
+      argPolicy: options.argPolicy ?? { allowedSysroots: [] },
       counters,
       unixSocket: options.listen.kind === 'unix',
       log,
@@ -129,8 +171,19 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         : resolve(boundPort),
     ),
   );
-  // Only the owner and its group (users allowed to submit jobs) may connect to the socket.
-  if (options.listen.kind === 'unix') await chmod(options.listen.path, 0o660);
+  // Only the owner and its group (users allowed to submit jobs) may connect to the socket. The
+  // group changes first: until chmod gives the group write access, it cannot connect.
+  if (options.listen.kind === 'unix') {
+    try {
+      if (options.socketGroup) await chgrpSocket(options.listen.path, options.socketGroup);
+      await chmod(options.listen.path, 0o660);
+    } catch (err) {
+      server.forceShutdown();
+      await rm(tmpRoot, { recursive: true, force: true });
+      await rm(options.listen.path, { force: true });
+      throw err;
+    }
+  }
   const address =
     options.listen.kind === 'unix' ? `unix:${options.listen.path}` : grpcBindTarget({ ...options.listen, port });
 
