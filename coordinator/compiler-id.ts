@@ -7,6 +7,7 @@ import { statSync } from 'node:fs';
 import { basename, delimiter, isAbsolute, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { FerryError } from '../proto/errors';
+import { fileSha256 } from '../worker/compilers';
 
 const execFileAsync = promisify(execFile);
 
@@ -16,6 +17,8 @@ export interface LocalCompiler {
   path: string;
   version: string;
   target: string;
+  /** SHA-256 of the executable (through symlinks), compared when FERRY_MATCH_BINARY=1. */
+  sha256: string;
 }
 
 /** The launcher binary: a masquerade symlink named gcc must not be mistaken for gcc. */
@@ -61,8 +64,8 @@ export function identifyCompiler(named: string, cwd: string, pathVar: string): P
     entry = (async () => {
       const probe = async (args: string[]) =>
         (await execFileAsync(path, args, { timeout: 10_000, env: { PATH: pathVar, LC_ALL: 'C' } })).stdout.split('\n')[0].trim();
-      const [version, target] = await Promise.all([probe(['--version']), probe(['-dumpmachine'])]);
-      return { name: basename(named), path, version, target };
+      const [version, target, sha256] = await Promise.all([probe(['--version']), probe(['-dumpmachine']), fileSha256(path)]);
+      return { name: basename(named), path, version, target, sha256 };
     })();
     entry.catch(() => cache.delete(key));
     cache.set(key, entry);

@@ -42,9 +42,13 @@ const CHANNEL_OPTIONS: grpc.ChannelOptions = {
   'grpc.keepalive_timeout_ms': 20_000,
 };
 
-/** Compilers match when the name, the first line of --version and the target all agree. */
-export function compilerMatches(local: LocalCompiler, remote: CompilerInfo__Output | undefined): boolean {
-  return !!remote && remote.version === local.version && remote.target === local.target;
+/**
+ * Compilers match when the name, the first line of --version and the target all agree, and, when
+ * the user asks for it (FERRY_MATCH_BINARY=1), the executables' hashes too.
+ */
+export function compilerMatches(local: LocalCompiler, remote: CompilerInfo__Output | undefined, sameBinary = false): boolean {
+  if (!remote || remote.version !== local.version || remote.target !== local.target) return false;
+  return !sameBinary || remote.sha256 === local.sha256;
 }
 
 export class Host {
@@ -105,9 +109,14 @@ export class Host {
   /** Whether this host can take jobs for `local`; a mismatch is remembered for `ferry status`. */
   accepts(local: LocalCompiler): boolean {
     const remote = this.remoteCompiler(local.name);
-    if (compilerMatches(local, remote)) return true;
+    const sameBinary = this.context.env.FERRY_MATCH_BINARY === '1';
+    if (compilerMatches(local, remote, sameBinary)) return true;
     if (this.description && !this.compilerMismatches.has(local.name)) {
-      const there = remote ? `"${remote.version}" for ${remote.target}` : 'not installed or not allowed';
+      const there = !remote
+        ? 'not installed or not allowed'
+        : compilerMatches(local, remote)
+          ? `the same version but another binary (sha256 ${remote.sha256.slice(0, 12)}…, here ${local.sha256.slice(0, 12)}…; FERRY_MATCH_BINARY=1)`
+          : `"${remote.version}" for ${remote.target}`;
       this.compilerMismatches.set(local.name, `${local.name}: here "${local.version}" for ${local.target}, there ${there}`);
       this.context.log(`${this.name}: skipped for ${this.compilerMismatches.get(local.name)}`);
     }

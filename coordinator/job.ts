@@ -40,6 +40,8 @@ export interface JobContext {
   scheduler: Scheduler<Host>;
   /** Compiles this machine takes on when every remote slot is busy (`localhost/N`). */
   localSlots: LocalSlots;
+  /** Jobs between the decision to go remote and their end: they will fill remote slots. */
+  remoteBound: { count: number };
   /** Preprocessors running at once on this machine. */
   cppSlots: Slots;
   stats: StatsStore;
@@ -138,9 +140,10 @@ async function decide(request: LaunchRequest__Output, context: JobContext, ask: 
     return runLocally('no-host-available', why, `no remote host is reachable (${why})`);
   }
 
-  // `localhost/N`: when every remote slot is busy, this machine compiles too. The launcher runs the
-  // compiler and keeps our connection open until it exits, which frees the slot.
-  if (!candidates().some((h) => h.usable && h.busy < h.slots)) {
+  // `localhost/N`: when every remote slot is spoken for (jobs compiling, queued or still being
+  // preprocessed for one), this machine compiles too. The launcher runs the compiler and keeps our
+  // connection open until it exits, which frees the slot.
+  if (context.remoteBound.count >= remoteCapacity(candidates())) {
     const release = context.localSlots.tryAcquire();
     if (release) {
       context.stats.countLocal('localhost-slot');
@@ -149,6 +152,34 @@ async function decide(request: LaunchRequest__Output, context: JobContext, ask: 
     }
   }
 
+  context.remoteBound.count++;
+  try {
+    return await remotePath({ request, context, ask, signal, plan, compiler, env, argv, finish, runLocally });
+  } finally {
+    context.remoteBound.count--;
+  }
+}
+
+/** Slots this coordinator may fill on the usable hosts: theirs, less what other initiators use. */
+export function remoteCapacity(hosts: ReadonlyArray<Pick<Host, 'usable' | 'slots' | 'busy' | 'inUse'>>): number {
+  return hosts.filter((h) => h.usable).reduce((n, h) => n + Math.max(0, h.slots - (h.busy - h.inUse)), 0);
+}
+
+interface RemotePathArgs {
+  request: LaunchRequest__Output;
+  context: JobContext;
+  ask: AskLauncher;
+  signal: AbortSignal;
+  plan: RemotePlan;
+  compiler: LocalCompiler;
+  env: NodeJS.ProcessEnv;
+  argv: string[];
+  finish: (where: string, reason: string, exitCode: number) => void;
+  runLocally: (reason: string, detail: string, notice?: string) => LaunchReply;
+}
+
+/** Preprocess here, compile on a host, write the outputs. */
+async function remotePath({ request, context, ask, signal, plan, compiler, env, argv, finish, runLocally }: RemotePathArgs): Promise<LaunchReply> {
   const jobId = randomBytes(6).toString('hex');
   const files = expectedOutputs(plan);
   const outputPaths = files.map((f) => resolve(request.cwd, f.path));

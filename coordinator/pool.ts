@@ -53,10 +53,12 @@ export class HostPool {
     if (text === this.text) return;
     const config = parseHostsConfig(source.text, source.syntax);
     const specs = config.remotes;
-    const kept = new Map(this.hosts.map((h) => [h.name, h]));
+    // A host listed again exactly as before keeps its connection; a changed entry starts afresh.
+    const kept = new Map(this.hosts.map((h) => [JSON.stringify(h.spec), h]));
     const next = specs.map((spec) => {
-      const existing = kept.get(spec.name);
-      kept.delete(spec.name);
+      const key = JSON.stringify(spec);
+      const existing = kept.get(key);
+      kept.delete(key);
       return existing ?? new Host(spec, { ...this.context, env }, this.onChange);
     });
     for (const removed of kept.values()) removed.close();

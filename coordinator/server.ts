@@ -139,6 +139,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     pool,
     scheduler,
     localSlots: new LocalSlots(),
+    remoteBound: { count: 0 },
     cppSlots: new Slots(Math.max(1, availableParallelism())),
     stats,
     notices: new Notices(),

@@ -3,6 +3,8 @@
  * name to an absolute path it found itself, so a request can never choose what is executed.
  */
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFile, realpath } from 'node:fs/promises';
 import { accessSync, constants, readdirSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { promisify } from 'node:util';
@@ -51,13 +53,20 @@ export function discoverCompilerNames(pathVar = process.env.PATH ?? ''): string[
   return [...names].sort();
 }
 
+/** The executable's content hash, through symlinks (cc -> gcc-12). */
+export async function fileSha256(path: string): Promise<string> {
+  return createHash('sha256')
+    .update(await readFile(await realpath(path)))
+    .digest('hex');
+}
+
 async function probe(path: string, args: string[]): Promise<string> {
   const { stdout } = await execFileAsync(path, args, { timeout: 10_000, env: { ...process.env, LC_ALL: 'C' } });
   return stdout.split('\n')[0].trim();
 }
 
 export interface CompilerTable {
-  byName: Map<string, CompilerInfo & { path: string; version: string; target: string }>;
+  byName: Map<string, CompilerInfo & { path: string; version: string; target: string; sha256: string }>;
   /** Names that were asked for but could not be used, with why. */
   problems: string[];
 }
@@ -77,8 +86,8 @@ export async function loadCompilers(names: string[], pathVar = process.env.PATH 
         return;
       }
       try {
-        const [version, target] = await Promise.all([probe(path, ['--version']), probe(path, ['-dumpmachine'])]);
-        table.byName.set(name, { name, path, version, target });
+        const [version, target, sha256] = await Promise.all([probe(path, ['--version']), probe(path, ['-dumpmachine']), fileSha256(path)]);
+        table.byName.set(name, { name, path, version, target, sha256 });
       } catch (err) {
         table.problems.push(`${name}: ${path} did not answer --version/-dumpmachine: ${(err as Error).message}`);
       }

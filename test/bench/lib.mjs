@@ -241,6 +241,13 @@ export function tail(file, n = 15) {
 // ---------------------------------------------------------------------------------------------
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim());
 const INITIATOR_LEAVES = ['jobs', 'ferry', 'distcc-L', 'distcc-ssh'];
+
+/** CPU the whole machine spent busy (all cores, all processes, kernel included) since boot, in µs. */
+export function machineBusyUs() {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal …
+  return ((f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) * 1e6) / CLK_TCK;
+}
 const REMOTE_LEAVES = ['sshd', 'ferry', 'distccd'];
 
 /** The first writable cgroup2 mount whose cpu.stat has usage_usec: /sys/fs/cgroup, else any other (hybrid systems). */

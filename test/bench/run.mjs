@@ -18,7 +18,7 @@ import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:net';
 import {
-  buildHelpers, CgroupAccounting, cell, findCgroup2, fmtMs, fmtNum, fmtRatio, fmtS, NsCluster, ProcAccounting, Processes, readSafe,
+  buildHelpers, CgroupAccounting, cell, findCgroup2, machineBusyUs, fmtMs, fmtNum, fmtRatio, fmtS, NsCluster, ProcAccounting, Processes, readSafe,
   removeLeftovers, say, sleep, summary, waitListenInNs, waitTcp,
 } from './lib.mjs';
 
@@ -487,15 +487,23 @@ async function main() {
     const stats0 = usesFerry ? ferryCli(['stats', '--json']) : undefined;
     const ok0 = distccLogs ? countCompileOk(distccLogs) : 0;
     const s0 = accounting.snapshot();
+    const m0 = machineBusyUs();
     const t0 = process.hrtime.bigint();
     const r = await procs.run(argv, { env: e, cwd, cgroupProcs: accounting.procs('initiator', 'jobs'), log: join(tmp, `${mode}.log`), n });
     const wallUs = Number(process.hrtime.bigint() - t0) / 1000;
+    const m1 = machineBusyUs();
     const s1 = accounting.snapshot();
     const d = (side, leaf) => s1[side][leaf] - s0[side][leaf];
     const jobsUs = accounting.kind === 'cgroup' ? d('initiator', 'jobs') : r.childCpuUs;
     const initUs = jobsUs + M.init.reduce((s, l) => s + d('initiator', l), 0);
     const remoteUs = M.remote.reduce((s, l) => s + d('remote', l), 0);
-    const out = { wallUs, initUs, remoteUs, walls: r.walls, clientUs: r.childCpuUs, ownUs: r.ownUs.reduce((a, b) => a + b, 0) };
+    // Everything the machine did that none of our cgroups (any mode) accounts for: other users' work,
+    // this harness, unattributed kernel time. Reported so a noisy machine shows in the results.
+    const ours = jobsUs + Object.entries(s1.initiator).reduce((sum, [l, v]) => sum + (l === 'jobs' ? 0 : v - s0.initiator[l]), 0) +
+      Object.entries(s1.remote).reduce((sum, [l, v]) => sum + v - s0.remote[l], 0);
+    const foreign = Math.max(0, (m1 - m0 - ours) / (wallUs * NPROC));
+    (results.foreign ??= []).push({ what, foreign });
+    const out = { wallUs, initUs, remoteUs, walls: r.walls, clientUs: r.childCpuUs, ownUs: r.ownUs.reduce((a, b) => a + b, 0), foreign };
     if (usesFerry) {
       const stats1 = ferryCli(['stats', '--json']);
       const remote = stats1.jobs.remote - stats0.jobs.remote;
@@ -641,10 +649,13 @@ async function main() {
   // ---------------------------------------------------------------------------------------------
   if (want('scaling')) {
     phase('scaling on (b): workers and -j');
-    const points = [...CFG.scalingWorkers.map((w) => ({ w, j: CFG.jobs })), ...CFG.scalingJ.filter((j) => j !== CFG.jobs).map((j) => ({ w: 2, j }))];
+    const points = [...new Set([...CFG.scalingWorkers, 2])].sort().map((w) => ({ w, j: CFG.jobs }))
+      .concat(CFG.scalingJ.filter((j) => j !== CFG.jobs).map((j) => ({ w: 2, j })));
     results.scalingPoints = points;
+    // 2 workers at -j16 is (b) itself: its rows are reused when (b) ran.
+    const reuse = (p) => p.w === 2 && p.j === CFG.jobs && results.small?.ferry && results.small?.['distcc-L'];
     for (let run = 0; run < opts.runs; run++) {
-      for (const p of points) {
+      for (const p of points.filter((x) => !reuse(x))) {
         for (const mode of rotate(['ferry', 'distcc-L'], run)) {
           if (mode === 'ferry') await ferryHostsUp(p.w);
           const r = await makeSmall(mode, { j: p.j, hosts: p.w, what: `scaling w=${p.w} -j${p.j}` });
@@ -718,6 +729,15 @@ function report(started) {
     `; ssh mode: DISTCC_HOSTS=@rN-cm/${opts.slots} (\`ssh rN distccd --inetd\` per job over a ControlMaster connection). DISTCC_FALLBACK=0.`);
   p('- checked on every build: Ferry `stats --json` jobs.remote = compile count and jobs.local = 0; distccd COMPILE_OK count = compile count; ' +
     'every object byte-identical to a local build.');
+  const fl = (R.foreign ?? []).filter((x) => x.what !== 'warm-up');
+  if (fl.length) {
+    const fs = summary(fl.map((x) => x.foreign));
+    const worst = fl.reduce((a, b) => (b.foreign > a.foreign ? b : a));
+    const pct = (x) => `${(x * 100).toFixed(0)}%`;
+    p(`- other load: machine CPU outside the bench's cgroups during the measurements (other processes, this harness, kernel), ` +
+      `as a share of all cores: median ${pct(fs.median)}, max ${pct(fs.max)} (${worst.what})` +
+      (fs.max > 0.1 ? ' — **the machine was not idle: compare ratios within a run, not absolute times**' : ''));
+  }
   p();
 
   if (R.trivial || R.heavy) {
@@ -806,12 +826,13 @@ function report(started) {
   if (R.scalingPoints) {
     p(`## Scaling on (b): ${CFG.smallFiles} small C files`);
     p();
-    p(`${opts.slots} slots per worker. The remotes share the machine's ${NPROC} cores, so more workers add slots but no CPU.`);
+    p(`${opts.slots} slots per worker. The remotes share the machine's ${NPROC} cores, so more workers add slots and connections but no CPU. ` +
+      `The row for 2 workers at -j${CFG.jobs} is (b).`);
     p();
     p('| workers | make -j | ferry jobs/s | distcc ssh -L jobs/s | ratio | ferry initiator CPU/job | distcc initiator CPU/job | ratio |');
     p('|---|---|---|---|---|---|---|---|');
     for (const pt of R.scalingPoints) {
-      const rows = R[`scale-${pt.w}-${pt.j}`];
+      const rows = R[`scale-${pt.w}-${pt.j}`] ?? R.small;
       p(`| ${pt.w} | ${pt.j} | ${col(rows, 'ferry', 'jobsPerS', fmtNum)} | ${col(rows, 'distcc-L', 'jobsPerS', fmtNum)} | ${ratioCell(rows, 'jobsPerS')} | ` +
         `${col(rows, 'ferry', 'initUs', fmtMs)} | ${col(rows, 'distcc-L', 'initUs', fmtMs)} | ${ratioCell(rows, 'initUs')} |`);
     }

@@ -176,6 +176,74 @@ describe('file names and sizes', () => {
   });
 });
 
+describe('placement', () => {
+  /** A compile of about a second, to keep a slot busy. */
+  const slowSource = () =>
+    `${Array.from({ length: 500 }, (_, i) => `int s${i}(int x){ for(int i=0;i<x;i++) x ^= i*${i} + (x>>3); return x*${i}; }`).join('\n')}\n`;
+
+  it('localhost/N: when the remote slot is busy, this machine compiles too, and frees its slot when done', async () => {
+    mkdirSync(join(dir, 'place'), { recursive: true });
+    for (let i = 0; i < 4; i++) writeFileSync(join(dir, 'place', `p${i}.c`), slowSource().replace(/s(\d+)\(/g, `p${i}_$1(`));
+    const localEnv = { ...env, FERRY_HOSTS: `w/1,direct=${join(dir, 'w.sock')} localhost/1` };
+    await zero();
+    const results = await Promise.all(
+      [0, 1, 2, 3].map((i) => run(LAUNCHER, ['gcc', '-O2', '-c', `place/p${i}.c`, '-o', `place/p${i}.o`], { cwd: dir, env: localEnv, timeoutMs: 120_000 })),
+    );
+    for (const r of results) expect(r.code, r.stderr).toBe(0);
+    for (let i = 0; i < 4; i++) {
+      execFileSync('gcc', ['-O2', '-c', `place/p${i}.c`, '-o', `place/p${i}.local.o`], { cwd: dir });
+      expect(same(`place/p${i}.o`, `place/p${i}.local.o`)).toBe(true);
+    }
+    const s = await stats();
+    expect(s.local['localhost-slot']).toBeGreaterThanOrEqual(1);
+    expect(s.jobs.remote).toBeGreaterThanOrEqual(1);
+    expect(s.jobs.remote + s.jobs.local).toBe(4);
+    // Every local slot was given back when its compiler exited.
+    const status = JSON.parse((await run(process.execPath, [CLI_MAIN, 'status', '--json'], { env: localEnv })).stdout);
+    expect(status.localSlots).toBe(1);
+    expect(status.localRunning).toBe(0);
+  });
+
+  it('places by the workers own load, jobs of another initiator included', async () => {
+    const second = await startProcess(process.execPath, [WORKER_MAIN, '--listen', `unix:${join(dir, 'w2.sock')}`, '--slots', '1', '--allow', 'gcc'], /listening on/);
+    try {
+      // Two coordinators (two users, say) sharing the workers w (4 slots, capped at 1 here) and w2.
+      const hosts = `w/1,direct=${join(dir, 'w.sock')} w2/1,direct=${join(dir, 'w2.sock')}`;
+      const a = { ...env, FERRY_HOSTS: hosts, FERRY_RUNTIME_DIR: join(dir, 'run-a'), FERRY_STATE_DIR: join(dir, 'state-a') };
+      const b = { ...env, FERRY_HOSTS: hosts, FERRY_RUNTIME_DIR: join(dir, 'run-b'), FERRY_STATE_DIR: join(dir, 'state-b') };
+      try {
+        // Both coordinators connected to both workers before the measured jobs.
+        for (const e of [a, b]) expect((await run(LAUNCHER, ['gcc', '-c', 'x.c', '-o', 'warm.o'], { cwd: dir, env: e })).code).toBe(0);
+        writeFileSync(join(dir, 'busy.c'), slowSource());
+        const busy = run(LAUNCHER, ['gcc', '-O2', '-c', 'busy.c', '-o', 'busy.o'], { cwd: dir, env: a, timeoutMs: 120_000 });
+        const busyHost = await (async () => {
+          for (let i = 0; i < 100; i++) {
+            const s = JSON.parse((await run(process.execPath, [CLI_MAIN, 'status', '--json'], { env: a })).stdout);
+            const h = s.running && s.hostStatus.find((x: { running: unknown[] }) => x.running.length > 0);
+            if (h) return h.name as string;
+            await new Promise((r) => setTimeout(r, 50));
+          }
+          throw new Error('the busy job never started');
+        })();
+        // B sees A's job in the worker's own count and sends its job to the other worker.
+        await new Promise((r) => setTimeout(r, 300));
+        const viewB = JSON.parse((await run(process.execPath, [CLI_MAIN, 'status', '--json'], { env: b })).stdout);
+        expect(viewB.hostStatus.find((h: { name: string }) => h.name === busyHost).workerRunning).toBe(1);
+        const before = JSON.parse((await run(process.execPath, [CLI_MAIN, 'stats', '--json'], { env: b })).stdout);
+        expect((await run(LAUNCHER, ['gcc', '-O2', '-c', 'x.c', '-o', 'b.o'], { cwd: dir, env: b })).code).toBe(0);
+        const after = JSON.parse((await run(process.execPath, [CLI_MAIN, 'stats', '--json'], { env: b })).stdout);
+        const other = busyHost === 'w' ? 'w2' : 'w';
+        expect((after.hosts[other]?.jobs ?? 0) - (before.hosts[other]?.jobs ?? 0)).toBe(1);
+        expect((await busy).code).toBe(0);
+      } finally {
+        for (const e of [a, b]) await run(process.execPath, [CLI_MAIN, 'stop'], { env: e });
+      }
+    } finally {
+      await second.stop();
+    }
+  });
+});
+
 describe('dependency files', () => {
   it.each([
     [['-MD']],

@@ -70,3 +70,27 @@ describe('Scheduler', () => {
     expect(scheduler.queued).toBe(0);
   });
 });
+
+describe('compiler identity', () => {
+  it('matches on version and target, and on the binary only when asked', async () => {
+    const { compilerMatches } = await import('../../coordinator/host');
+    const local = { name: 'gcc', path: '/usr/bin/gcc', version: 'gcc (Debian 12.2.0-14) 12.2.0', target: 'x86_64-linux-gnu', sha256: 'aa' };
+    const remote = { name: 'gcc', path: '/usr/bin/gcc', version: local.version, target: local.target, sha256: 'bb' };
+    expect(compilerMatches(local, remote)).toBe(true);
+    expect(compilerMatches(local, remote, true)).toBe(false);
+    expect(compilerMatches(local, { ...remote, sha256: 'aa' }, true)).toBe(true);
+    expect(compilerMatches(local, { ...remote, version: 'gcc (Debian 12.2.0-14) 12.3.0' })).toBe(false);
+    expect(compilerMatches(local, { ...remote, target: 'aarch64-linux-gnu' })).toBe(false);
+    expect(compilerMatches(local, undefined)).toBe(false);
+  });
+});
+
+describe('remote capacity for localhost slots', () => {
+  it('counts usable slots less other initiators jobs', async () => {
+    const { remoteCapacity } = await import('../../coordinator/job');
+    expect(remoteCapacity([])).toBe(0);
+    expect(remoteCapacity([{ usable: true, slots: 4, busy: 1, inUse: 1 }])).toBe(4);
+    expect(remoteCapacity([{ usable: true, slots: 4, busy: 3, inUse: 1 }])).toBe(2);
+    expect(remoteCapacity([{ usable: false, slots: 8, busy: 0, inUse: 0 }, { usable: true, slots: 2, busy: 5, inUse: 0 }])).toBe(0);
+  });
+});
