@@ -445,8 +445,12 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       for (const ns of namespaces) await attempt(() => destroyNamespace(ns));
       for (const veth of veths) await attempt(() => linkExists(veth) && ip(['link', 'del', veth]));
       for (const slot of slots) await attempt(() => releaseSlot(slot));
-      await attempt(() => rmSync(dir, { recursive: true, force: true }));
-      if (errors.length) throw new AggregateError(errors, 'cluster.stop() could not remove everything');
+      // Processes that just exited may still be removing their files (pid files, sockets): retry.
+      await attempt(() => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }));
+      if (errors.length) {
+        const why = errors.map((e) => (e instanceof Error ? e.message : String(e))).join('; ');
+        throw new AggregateError(errors, `cluster.stop() could not remove everything: ${why}`);
+      }
     })());
 
   try {
