@@ -77,14 +77,16 @@ const opts = { runs: undefined, quick: false, slots: 8, only: undefined, account
 }
 const want = (part) => !opts.only || opts.only.has(part);
 const Q = opts.quick;
+// --quick: one run, and distcc's ssh mode (about 1 s per job) only in (a).
 const CFG = {
   trivialJobs: Q ? 3 : 8,
   smallFiles: 200,
   jobs: 16,
-  scalingWorkers: Q ? [1, 4] : [1, 2, 4],
-  scalingJ: Q ? [64] : [8, 16, 64],
-  cpp2Variants: Q ? [true] : [true, false],
+  smallModes: Q ? ['ferry', 'distcc-L', 'local'] : ['ferry', 'distcc-L', 'distcc-ssh', 'local'],
   leveldbModes: Q ? ['ferry', 'distcc-L', 'local'] : ['ferry', 'distcc-L', 'distcc-ssh', 'local'],
+  cpp2Variants: Q ? [true] : [true, false],
+  scalingWorkers: Q ? [1, 4] : [1, 2, 4],
+  scalingJ: Q ? [] : [8, 16, 64],
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -503,7 +505,11 @@ async function main() {
       Object.entries(s1.remote).reduce((sum, [l, v]) => sum + v - s0.remote[l], 0);
     const foreign = Math.max(0, (m1 - m0 - ours) / (wallUs * NPROC));
     (results.foreign ??= []).push({ what, foreign });
-    const out = { wallUs, initUs, remoteUs, walls: r.walls, clientUs: r.childCpuUs, ownUs: r.ownUs.reduce((a, b) => a + b, 0), foreign };
+    const out = {
+      wallUs, initUs, remoteUs, walls: r.walls, clientUs: r.childCpuUs, ownUs: r.ownUs.reduce((a, b) => a + b, 0), foreign,
+      // The build's own process tree against the mode's long-lived processes, on each side.
+      initDaemonUs: initUs - jobsUs, remoteSshdUs: M.remote.includes('sshd') ? d('remote', 'sshd') : 0,
+    };
     if (usesFerry) {
       const stats1 = ferryCli(['stats', '--json']);
       const remote = stats1.jobs.remote - stats0.jobs.remote;
@@ -574,12 +580,15 @@ async function main() {
           { cwd: join(W, 'a'), n: CFG.trivialJobs, expectRemote: mode === 'local' ? 0 : CFG.trivialJobs, what: 'trivial' });
         compareObjects(`(a) hello.c, ${mode}`, dir, join(W, 'a', 'ref'), ['hello.o']);
         const N = CFG.trivialJobs;
-        record('trivial', mode, { wallUs: t.walls.reduce((a, b) => a + b, 0) / N, initUs: t.initUs / N, remoteUs: t.remoteUs / N, clientUs: t.clientUs / N, ownUs: t.ownUs / N });
+        record('trivial', mode, {
+          wallUs: t.walls.reduce((a, b) => a + b, 0) / N, initUs: t.initUs / N, remoteUs: t.remoteUs / N, clientUs: t.clientUs / N, ownUs: t.ownUs / N,
+          initDaemonUs: t.initDaemonUs / N, remoteSshdUs: t.remoteSshdUs / N,
+        });
         rmSync(join(dir, 'hello.o'));
         const h = await measure(mode, [...MODES[mode].cc('g++'), '-O2', '-c', 'heavy.cc', '-o', `${mode}/heavy.o`],
           { cwd: join(W, 'a'), expectRemote: mode === 'local' ? 0 : 1, what: 'heavy' });
         compareObjects(`(a) heavy.cc, ${mode}`, dir, join(W, 'a', 'ref'), ['heavy.o']);
-        record('heavy', mode, { wallUs: h.wallUs, initUs: h.initUs, remoteUs: h.remoteUs, clientUs: h.clientUs });
+        record('heavy', mode, { wallUs: h.wallUs, initUs: h.initUs, remoteUs: h.remoteUs, clientUs: h.clientUs, initDaemonUs: h.initDaemonUs, remoteSshdUs: h.remoteSshdUs });
         rmObjects(dir);
       }
     }
@@ -596,12 +605,16 @@ async function main() {
       cwd: join(W, 'b'), hosts, expectRemote: mode === 'local' ? 0 : CFG.smallFiles, what,
     });
     compareObjects(`${what}, ${mode}`, bdir, join(W, 'b', 'ref'));
-    return { wallUs: r.wallUs, initUs: r.initUs / CFG.smallFiles, remoteUs: r.remoteUs / CFG.smallFiles, jobsPerS: CFG.smallFiles / (r.wallUs / 1e6), bytes: r.bytes };
+    const per = (x) => x / CFG.smallFiles;
+    return {
+      wallUs: r.wallUs, initUs: per(r.initUs), remoteUs: per(r.remoteUs), jobsPerS: CFG.smallFiles / (r.wallUs / 1e6), bytes: r.bytes,
+      initDaemonUs: per(r.initDaemonUs), remoteSshdUs: per(r.remoteSshdUs),
+    };
   };
   if (want('b')) {
     phase(`(b) ${CFG.smallFiles} small C files, make -j${CFG.jobs}`);
     for (let run = 0; run < opts.runs; run++) {
-      for (const mode of rotate(MODE_ORDER, run)) {
+      for (const mode of rotate(CFG.smallModes, run)) {
         record('small', mode, await makeSmall(mode, { j: mode === 'local' ? NPROC : CFG.jobs, what: '(b)' }));
       }
     }
@@ -614,7 +627,7 @@ async function main() {
     execFileSync('ninja', ['-C', bdir, '-t', 'clean'], { stdio: 'ignore', timeout: 60_000 });
     const r = await measure(mode, ['ninja', `-j${mode === 'local' ? NPROC : CFG.jobs}`], { cwd: bdir, envOver, expectRemote, what });
     compareObjects(`${what}, ${mode}`, bdir, builds.ref);
-    return { wallUs: r.wallUs, initUs: r.initUs, remoteUs: r.remoteUs, bytes: r.bytes };
+    return { wallUs: r.wallUs, initUs: r.initUs, remoteUs: r.remoteUs, bytes: r.bytes, initDaemonUs: r.initDaemonUs, remoteSshdUs: r.remoteSshdUs };
   };
   if (want('c') && needLeveldb) {
     phase(`(c) ${project.name}, ninja -j${CFG.jobs}`);
@@ -701,6 +714,10 @@ function report(started) {
     return cell(summary(Array.from({ length: n }, (_, i) => a[i][key] / b[i][key])), fmtRatio);
   };
   const col = (rows, mode, key, fmt) => cell(summary((rows?.[mode] ?? []).map((x) => x[key])), fmt);
+  const med1 = (rows, mode, key, fmt) => {
+    const s = summary((rows?.[mode] ?? []).map((x) => x[key]));
+    return s ? fmt(s.median) : '–';
+  };
   const cpu = readFileSync('/proc/cpuinfo', 'utf8');
   const model = /model name\s*:\s*(.*)/.exec(cpu)?.[1] ?? 'unknown';
   const ver = (cmd) => {
@@ -746,17 +763,20 @@ function report(started) {
     p(`trivial = hello.c (\`gcc -O2 -c\`, includes stdio.h), ${CFG.trivialJobs} jobs one after the other per run, per job; heavy = heavy.cc (iostream, regex, map, ` +
       'unordered_map, sstream…, `g++ -O2 -c`), one job per run.');
     p();
-    p('| file | mode | wall per job | initiator CPU per job | remote CPU per job |');
-    p('|---|---|---|---|---|');
+    p('| file | mode | wall per job | initiator CPU per job | of which daemons | remote CPU per job | of which sshd |');
+    p('|---|---|---|---|---|---|---|');
     for (const [key, name] of [['trivial', 'trivial'], ['heavy', 'heavy']]) {
       if (!R[key]) continue;
       for (const mode of ['ferry', 'distcc-L', 'distcc-ssh', 'local']) {
         if (!R[key][mode]) continue;
         const f = key === 'heavy' ? fmtS : fmtMs;
-        p(`| ${name} | ${mode} | ${col(R[key], mode, 'wallUs', f)} | ${col(R[key], mode, 'initUs', fmtMs)} | ${mode === 'local' ? '–' : col(R[key], mode, 'remoteUs', fmtMs)} |`);
+        p(`| ${name} | ${mode} | ${col(R[key], mode, 'wallUs', f)} | ${col(R[key], mode, 'initUs', fmtMs)} | ${mode === 'local' ? '–' : med1(R[key], mode, 'initDaemonUs', fmtMs)} | ` +
+          `${mode === 'local' ? '–' : col(R[key], mode, 'remoteUs', fmtMs)} | ${mode === 'local' ? '–' : med1(R[key], mode, 'remoteSshdUs', fmtMs)} |`);
       }
-      p(`| ${name} | **ferry / distcc ssh -L** | ${ratioCell(R[key], 'wallUs')} | ${ratioCell(R[key], 'initUs')} | ${ratioCell(R[key], 'remoteUs')} |`);
+      p(`| ${name} | **ferry / distcc ssh -L** | ${ratioCell(R[key], 'wallUs')} | ${ratioCell(R[key], 'initUs')} | | ${ratioCell(R[key], 'remoteUs')} | |`);
     }
+    p('\n"of which daemons": the mode\'s long-lived initiator processes (coordinator; ssh -L clients; ControlMaster), the rest is the build\'s own ' +
+      'process tree. "of which sshd": sshd and its children (crypto; in ssh mode also each job\'s distccd --inetd and compiler).');
     if (R.trivial?.ferry) {
       p(`\nClient process per trivial job — its own CPU (/proc/PID/schedstat at exit, children excluded) / with the children it waited for (wait4 rusage): ` +
         `ferry launcher ${col(R.trivial, 'ferry', 'ownUs', fmtMs)} / ${col(R.trivial, 'ferry', 'clientUs', fmtMs)} (it runs the preprocessor the coordinator asks for); ` +
@@ -769,14 +789,15 @@ function report(started) {
   if (R.small) {
     p(`## (b) ${CFG.smallFiles} small C files, \`make -j${CFG.jobs}\` (local: \`-j${NPROC}\`)`);
     p();
-    p('| mode | wall | jobs/s | initiator CPU per job | remote CPU per job |');
-    p('|---|---|---|---|---|');
+    p('| mode | wall | jobs/s | initiator CPU per job | of which daemons | remote CPU per job | of which sshd |');
+    p('|---|---|---|---|---|---|---|');
     for (const mode of ['ferry', 'distcc-L', 'distcc-ssh', 'local']) {
       if (!R.small[mode]) continue;
+      const l = mode === 'local';
       p(`| ${mode} | ${col(R.small, mode, 'wallUs', fmtS)} | ${col(R.small, mode, 'jobsPerS', fmtNum)} | ${col(R.small, mode, 'initUs', fmtMs)} | ` +
-        `${mode === 'local' ? '–' : col(R.small, mode, 'remoteUs', fmtMs)} |`);
+        `${l ? '–' : med1(R.small, mode, 'initDaemonUs', fmtMs)} | ${l ? '–' : col(R.small, mode, 'remoteUs', fmtMs)} | ${l ? '–' : med1(R.small, mode, 'remoteSshdUs', fmtMs)} |`);
     }
-    p(`| **ferry / distcc ssh -L** | ${ratioCell(R.small, 'wallUs')} | ${ratioCell(R.small, 'jobsPerS')} | ${ratioCell(R.small, 'initUs')} | ${ratioCell(R.small, 'remoteUs')} |`);
+    p(`| **ferry / distcc ssh -L** | ${ratioCell(R.small, 'wallUs')} | ${ratioCell(R.small, 'jobsPerS')} | ${ratioCell(R.small, 'initUs')} | | ${ratioCell(R.small, 'remoteUs')} | |`);
     p();
   }
 

@@ -443,7 +443,16 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       };
       for (const child of children) await attempt(() => child.stop('SIGTERM'));
       for (const ns of namespaces) await attempt(() => destroyNamespace(ns));
-      for (const veth of veths) await attempt(() => linkExists(veth) && ip(['link', 'del', veth]));
+      for (const veth of veths) {
+        await attempt(() => {
+          try {
+            if (linkExists(veth)) ip(['link', 'del', veth]);
+          } catch (err) {
+            // Deleting the namespace removes the pair too, a moment later: only a link still there is a failure.
+            if (linkExists(veth)) throw err;
+          }
+        });
+      }
       for (const slot of slots) await attempt(() => releaseSlot(slot));
       // Processes that just exited may still be removing their files (pid files, sockets): retry.
       await attempt(() => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }));
