@@ -7,8 +7,9 @@
 import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { expectSameBuild } from '../support/builds';
 import { clusterSupport, startCluster, type Cluster, type Spawned } from '../support/cluster';
 import { CLI_MAIN, LAUNCHER, ROOT, run, WORKER_MAIN } from '../support/processes';
 
@@ -18,20 +19,6 @@ const FIXTURES = join(ROOT, 'test', 'fixtures');
 /** Jobs a worker reports in its own log ("job <id> <source>: <compiler> exit <n> …"). */
 function workerJobs(worker: Spawned | undefined): string[] {
   return (worker?.output() ?? '').split('\n').filter((line) => /^job \S+ .*exit \d+/.test(line));
-}
-
-/** Every regular file below `dir`, relative. */
-function filesBelow(dir: string, filter: (name: string) => boolean): string[] {
-  const found: string[] = [];
-  const walk = (d: string) => {
-    for (const entry of readdirSync(d, { withFileTypes: true })) {
-      const path = join(d, entry.name);
-      if (entry.isDirectory()) walk(path);
-      else if (filter(entry.name)) found.push(relative(dir, path));
-    }
-  };
-  walk(dir);
-  return found.sort();
 }
 
 describe.skipIf(!support.ok)('remote builds through SSH tunnels', () => {
@@ -145,15 +132,8 @@ describe.skipIf(!support.ok)('remote builds through SSH tunnels', () => {
     expect(local.code, local.stderr).toBe(0);
     const viaFerry = await run('make', ['-s', '-C', sample, '-j8', `BUILD=${join(work, 'make-ferry')}`, `CC=${LAUNCHER} gcc`, 'objects'], { env, timeoutMs: 300_000 });
     expect(viaFerry.code, viaFerry.stderr).toBe(0);
-    const objects = filesBelow(join(work, 'make-local'), (n) => n.endsWith('.o') || n.endsWith('.d'));
+    const objects = expectSameBuild(join(work, 'make-local'), join(work, 'make-ferry'));
     expect(objects.length).toBeGreaterThanOrEqual(64);
-    expect(filesBelow(join(work, 'make-ferry'), (n) => n.endsWith('.o') || n.endsWith('.d'))).toEqual(objects);
-    for (const file of objects) {
-      const a = readFileSync(join(work, 'make-local', file));
-      const b = readFileSync(join(work, 'make-ferry', file));
-      if (file.endsWith('.d')) expect(b.toString().replaceAll(join(work, 'make-ferry'), '@'), file).toBe(a.toString().replaceAll(join(work, 'make-local'), '@'));
-      else expect(b.equals(a), `${file} differs`).toBe(true);
-    }
     const s = await stats(env);
     expect(s.jobs.remote).toBe(objects.length / 2);
     expect(s.hosts.r1.jobs).toBeGreaterThan(0);
@@ -168,21 +148,12 @@ describe.skipIf(!support.ok)('remote builds through SSH tunnels', () => {
     expect((await run('make', ['-s', '-C', sample, '-j4', `BUILD=${local}`, 'CC=gcc', 'objects'], { timeoutMs: 300_000 })).code).toBe(0);
     const cold = await run('make', ['-s', '-C', sample, '-j8', `BUILD=${cached}`, 'CC=ccache gcc', 'objects'], { env, timeoutMs: 300_000 });
     expect(cold.code, cold.stderr).toBe(0);
-    const objects = filesBelow(local, (n) => n.endsWith('.o') || n.endsWith('.d'));
-    const check = () => {
-      for (const file of objects) {
-        const a = readFileSync(join(local, file));
-        const b = readFileSync(join(cached, file));
-        if (file.endsWith('.d')) expect(b.toString().replaceAll(cached, '@'), file).toBe(a.toString().replaceAll(local, '@'));
-        else expect(b.equals(a), `${file} differs`).toBe(true);
-      }
-    };
-    check();
+    const objects = expectSameBuild(local, cached);
     expect((await stats(env)).jobs.remote).toBe(objects.length / 2);
     rmSync(join(cached, 'obj'), { recursive: true });
     const warm = await run('make', ['-s', '-C', sample, '-j8', `BUILD=${cached}`, 'CC=ccache gcc', 'objects'], { env, timeoutMs: 300_000 });
     expect(warm.code, warm.stderr).toBe(0);
-    check();
+    expectSameBuild(local, cached);
     expect((await stats(env)).jobs.remote).toBe(objects.length / 2);
   });
 
@@ -198,10 +169,7 @@ describe.skipIf(!support.ok)('remote builds through SSH tunnels', () => {
       const ninja = await run('ninja', ['-C', dir, '-j8'], { env, timeoutMs: 300_000 });
       expect(ninja.code, ninja.stdout + ninja.stderr).toBe(0);
     }
-    const objects = filesBelow(join(work, 'cmake-ccache-local'), (n) => n.endsWith('.o'));
-    for (const file of objects) {
-      expect(readFileSync(join(work, 'cmake-ccache-ferry', file)).equals(readFileSync(join(work, 'cmake-ccache-local', file))), `${file} differs`).toBe(true);
-    }
+    const objects = expectSameBuild(join(work, 'cmake-ccache-local'), join(work, 'cmake-ccache-ferry'), (n) => n.endsWith('.o'));
     expect((await stats(env)).jobs.remote).toBe(objects.length);
   });
 
@@ -216,11 +184,8 @@ describe.skipIf(!support.ok)('remote builds through SSH tunnels', () => {
     };
     await build(join(work, 'cmake-local'), [], process.env);
     await build(join(work, 'cmake-ferry'), [`-DCMAKE_C_COMPILER_LAUNCHER=${LAUNCHER}`], env);
-    const objects = filesBelow(join(work, 'cmake-local'), (n) => n.endsWith('.o'));
+    const objects = expectSameBuild(join(work, 'cmake-local'), join(work, 'cmake-ferry'), (n) => n.endsWith('.o'));
     expect(objects.length).toBeGreaterThanOrEqual(32);
-    for (const file of objects) {
-      expect(readFileSync(join(work, 'cmake-ferry', file)).equals(readFileSync(join(work, 'cmake-local', file))), `${file} differs`).toBe(true);
-    }
     const s = await stats(env);
     expect(s.jobs.remote).toBe(objects.length);
   });
