@@ -431,7 +431,9 @@ async function main() {
   const env = {
     local: () => ({ ...baseEnv }),
     ferry: (n = 2) => ({
-      ...baseEnv, FERRY_RUNTIME_DIR: ferryRuntime, FERRY_STATE_DIR: join(tmp, 'ferry-state'), FERRY_SSH_CONFIG: cluster.sshConfig,
+      // FERRY_NODE=/bin/false: should our coordinator be gone, the launcher cannot start one of its own
+      // (outside our accounting and cleanup); it compiles locally, and the job count check fails loudly.
+      ...baseEnv, FERRY_NODE: '/bin/false', FERRY_RUNTIME_DIR: ferryRuntime, FERRY_STATE_DIR: join(tmp, 'ferry-state'), FERRY_SSH_CONFIG: cluster.sshConfig,
       FERRY_HOSTS: hostsOf(n).map((r) => `${r.name}/${S}`).join(' '),
     }),
     'distcc-L': (n = 2) => ({
@@ -444,9 +446,12 @@ async function main() {
   };
   const ferryCli = (args) => JSON.parse(execFileSync(process.execPath, [CLI, ...args], { env: env.ferry(), timeout: 20_000 }).toString());
   let coordinator;
+  let coordinatorLog;
+  let coordinatorStarts = 0;
   async function startCoordinator() {
+    coordinatorLog = join(tmp, `coordinator-${++coordinatorStarts}.log`);
     coordinator = await procs.daemon('ferry coordinator', [process.execPath, CLI, 'coordinator', '--foreground'], {
-      env: env.ferry(), cgroupProcs: accounting.procs('initiator', 'ferry'), log: join(tmp, 'coordinator.log'), ready: /listening on/,
+      env: env.ferry(), cgroupProcs: accounting.procs('initiator', 'ferry'), log: coordinatorLog, ready: /listening on/,
     });
     if (accounting.kind === 'proc') accounting.roots.initiator.ferry = [coordinator.pid];
   }
@@ -516,13 +521,18 @@ async function main() {
       const local = stats1.jobs.local - stats0.jobs.local;
       if (remote !== expectRemote || local !== 0) {
         throw new Error(`${what} (${mode}): Ferry ran ${remote} jobs remotely and ${local} locally, expected ${expectRemote} remotely; ` +
-          `local reasons now ${JSON.stringify(stats1.local)}; see ${join(tmp, 'coordinator.log')}`);
+          `local reasons now ${JSON.stringify(stats1.local)}; see ${coordinatorLog}`);
       }
       out.bytes = { raw: stats1.bytes.sourceRaw - stats0.bytes.sourceRaw, sent: stats1.bytes.sourceSent - stats0.bytes.sourceSent };
       out.perHost = Object.fromEntries(Object.entries(stats1.hosts).map(([h, c]) => [h, c.jobs - (stats0.hosts[h]?.jobs ?? 0)]));
     }
     if (distccLogs) {
-      const ran = countCompileOk(distccLogs) - ok0;
+      // distccd logs a job's summary after the client has its result: give the last lines a moment (bounded).
+      let ran = countCompileOk(distccLogs) - ok0;
+      for (let waited = 0; ran < expectRemote && waited < 3000; waited += 50) {
+        await sleep(50);
+        ran = countCompileOk(distccLogs) - ok0;
+      }
       if (ran !== expectRemote) {
         throw new Error(`${what} (${mode}): distccd logged ${ran} COMPILE_OK, expected ${expectRemote} (DISTCC_FALLBACK=0); see ${distccLogs.join(' ')}`);
       }
@@ -552,16 +562,16 @@ async function main() {
   if (needLeveldb) {
     const isSample = project.dir === SAMPLE;
     const launchers = { ref: undefined, local: undefined, ferry: FERRY, distcc: '/usr/bin/distcc', ccache: '/usr/bin/ccache' };
-    for (const [name, launcher] of Object.entries(launchers)) {
+    await Promise.all(Object.entries(launchers).map(async ([name, launcher]) => {
       const bdir = join(W, 'c', name);
       const args = ['-S', project.dir, '-B', bdir, '-G', 'Ninja', '-DCMAKE_BUILD_TYPE=Release'];
       if (!isSample) args.push('-DLEVELDB_BUILD_TESTS=OFF', '-DLEVELDB_BUILD_BENCHMARKS=OFF', '-DLEVELDB_INSTALL=OFF');
       if (launcher) args.push(`-DCMAKE_C_COMPILER_LAUNCHER=${launcher}`, `-DCMAKE_CXX_COMPILER_LAUNCHER=${launcher}`);
       await procs.run(['cmake', ...args], {
-        env: { ...baseEnv, FERRY_DISABLE: '1', DISTCC_HOSTS: 'localhost', CCACHE_DISABLE: '1' }, cwd: W, log: join(tmp, 'cmake.log'), timeoutMs: 300_000,
+        env: { ...baseEnv, FERRY_DISABLE: '1', DISTCC_HOSTS: 'localhost', CCACHE_DISABLE: '1' }, cwd: W, log: join(tmp, `cmake-${name}.log`), timeoutMs: 300_000,
       });
       builds[name] = bdir;
-    }
+    }));
     await localRun(['ninja', `-j${NPROC}`], builds.ref, 'reference (c)');
     results.projectJobs = listObjects(builds.ref).length;
     say(`${project.name}: ${results.projectJobs} compile jobs`);
@@ -714,6 +724,11 @@ function report(started) {
     return cell(summary(Array.from({ length: n }, (_, i) => a[i][key] / b[i][key])), fmtRatio);
   };
   const col = (rows, mode, key, fmt) => cell(summary((rows?.[mode] ?? []).map((x) => x[key])), fmt);
+  const loadLine = (pred) => {
+    const xs = (R.foreign ?? []).filter((x) => pred(x.what)).map((x) => x.foreign);
+    const f = summary(xs);
+    if (f) p(`\n_Other load on the machine during this part: median ${(f.median * 100).toFixed(0)}% of all cores, max ${(f.max * 100).toFixed(0)}%._`);
+  };
   const med1 = (rows, mode, key, fmt) => {
     const s = summary((rows?.[mode] ?? []).map((x) => x[key]));
     return s ? fmt(s.median) : '–';
@@ -777,6 +792,7 @@ function report(started) {
     }
     p('\n"of which daemons": the mode\'s long-lived initiator processes (coordinator; ssh -L clients; ControlMaster), the rest is the build\'s own ' +
       'process tree. "of which sshd": sshd and its children (crypto; in ssh mode also each job\'s distccd --inetd and compiler).');
+    loadLine((w) => w === 'trivial' || w === 'heavy');
     if (R.trivial?.ferry) {
       p(`\nClient process per trivial job — its own CPU (/proc/PID/schedstat at exit, children excluded) / with the children it waited for (wait4 rusage): ` +
         `ferry launcher ${col(R.trivial, 'ferry', 'ownUs', fmtMs)} / ${col(R.trivial, 'ferry', 'clientUs', fmtMs)} (it runs the preprocessor the coordinator asks for); ` +
@@ -798,6 +814,7 @@ function report(started) {
         `${l ? '–' : med1(R.small, mode, 'initDaemonUs', fmtMs)} | ${l ? '–' : col(R.small, mode, 'remoteUs', fmtMs)} | ${l ? '–' : med1(R.small, mode, 'remoteSshdUs', fmtMs)} |`);
     }
     p(`| **ferry / distcc ssh -L** | ${ratioCell(R.small, 'wallUs')} | ${ratioCell(R.small, 'jobsPerS')} | ${ratioCell(R.small, 'initUs')} | | ${ratioCell(R.small, 'remoteUs')} | |`);
+    loadLine((w) => w === '(b)');
     p();
   }
 
@@ -814,6 +831,7 @@ function report(started) {
         p(`| ${mode} | ${col(R.project, mode, 'wallUs', fmtS)} | ${col(R.project, mode, 'initUs', fmtS)} | ${perJob} | ${mode === 'local' ? '–' : col(R.project, mode, 'remoteUs', fmtS)} |`);
       }
       p(`| **ferry / distcc ssh -L** | ${ratioCell(R.project, 'wallUs')} | ${ratioCell(R.project, 'initUs')} | | ${ratioCell(R.project, 'remoteUs')} |`);
+      loadLine((w) => w === '(c)');
       const b = (R.project.ferry ?? []).map((x) => x.bytes).filter(Boolean);
       if (b.length) {
         const raw = b.reduce((s, x) => s + x.raw, 0);
@@ -840,6 +858,7 @@ function report(started) {
           p(`| ${label} | ${temp} | **ferry / distcc ssh -L** | ${ratioCell(rows, 'wallUs')} | ${ratioCell(rows, 'initUs')} | ${temp === 'warm' ? '–' : ratioCell(rows, 'remoteUs')} |`);
         }
       }
+      loadLine((w) => w.startsWith('(d)'));
       p();
     }
   }
@@ -857,6 +876,7 @@ function report(started) {
       p(`| ${pt.w} | ${pt.j} | ${col(rows, 'ferry', 'jobsPerS', fmtNum)} | ${col(rows, 'distcc-L', 'jobsPerS', fmtNum)} | ${ratioCell(rows, 'jobsPerS')} | ` +
         `${col(rows, 'ferry', 'initUs', fmtMs)} | ${col(rows, 'distcc-L', 'initUs', fmtMs)} | ${ratioCell(rows, 'initUs')} |`);
     }
+    loadLine((w) => w.startsWith('scaling'));
     p();
   }
   if (R.rss) {
