@@ -177,9 +177,9 @@ describe('file names and sizes', () => {
 });
 
 describe('placement', () => {
-  /** A compile of about a second, to keep a slot busy. */
-  const slowSource = () =>
-    `${Array.from({ length: 500 }, (_, i) => `int s${i}(int x){ for(int i=0;i<x;i++) x ^= i*${i} + (x>>3); return x*${i}; }`).join('\n')}\n`;
+  /** A compile of about a second per 500 functions, to keep a slot busy. */
+  const slowSource = (functions = 500) =>
+    `${Array.from({ length: functions }, (_, i) => `int s${i}(int x){ for(int i=0;i<x;i++) x ^= i*${i} + (x>>3); return x*${i}; }`).join('\n')}\n`;
 
   it('localhost/N: when the remote slot is busy, this machine compiles too, and frees its slot when done', async () => {
     mkdirSync(join(dir, 'place'), { recursive: true });
@@ -214,7 +214,8 @@ describe('placement', () => {
       try {
         // Both coordinators connected to both workers before the measured jobs.
         for (const e of [a, b]) expect((await run(LAUNCHER, ['gcc', '-c', 'x.c', '-o', 'warm.o'], { cwd: dir, env: e })).code).toBe(0);
-        writeFileSync(join(dir, 'busy.c'), slowSource());
+        // Long enough (several seconds) to still run while B looks and places its job, on a slow machine too.
+        writeFileSync(join(dir, 'busy.c'), slowSource(3000));
         const busy = run(LAUNCHER, ['gcc', '-O2', '-c', 'busy.c', '-o', 'busy.o'], { cwd: dir, env: a, timeoutMs: 120_000 });
         const busyHost = await (async () => {
           for (let i = 0; i < 100; i++) {
