@@ -122,17 +122,22 @@ static void exec_node(char **argv) {
     execvp("node", argv);
 }
 
-/* `ferry status`, `ferry --help`...: the TypeScript CLI handles everything but compiles. */
-static _Noreturn void exec_cli(int argc, char **argv) {
-    char script[PATH_MAX + 16];
-    const char *js = getenv("FERRY_CLI_JS");
+/* A script of this installation (<dist>/<relative>), or the one the environment variable names (tests). */
+static void node_script(char *out, size_t size, const char *env_var, const char *relative) {
+    const char *js = getenv(env_var);
     if (js && *js) {
-        snprintf(script, sizeof script, "%s", js);
+        snprintf(out, size, "%s", js);
     } else {
         char dist[PATH_MAX];
         dist_dir(dist);
-        snprintf(script, sizeof script, "%s/cli/main.js", dist);
+        snprintf(out, size, "%s/%s", dist, relative);
     }
+}
+
+/* `ferry status`, `ferry --help`...: the TypeScript CLI handles everything but compiles. */
+static _Noreturn void exec_cli(int argc, char **argv) {
+    char script[PATH_MAX + 32];
+    node_script(script, sizeof script, "FERRY_CLI_JS", "cli/main.js");
     char **nargv = calloc((size_t)(argc < 1 ? 1 : argc) + 2, sizeof *nargv);
     if (!nargv) {
         perror("ferry");
@@ -656,14 +661,7 @@ static _Noreturn void exec_daemon(int ready_fd) {
     setsid();
     char log[PATH_MAX + 32], script[PATH_MAX + 32];
     snprintf(log, sizeof log, "%s/coordinator.log", g_dir);
-    const char *js = getenv("FERRY_COORDINATOR_JS");
-    if (js && *js) {
-        snprintf(script, sizeof script, "%s", js);
-    } else {
-        char dist[PATH_MAX];
-        dist_dir(dist);
-        snprintf(script, sizeof script, "%s/coordinator/main.js", dist);
-    }
+    node_script(script, sizeof script, "FERRY_COORDINATOR_JS", "coordinator/main.js");
     int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     int log_fd = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
     if (null_fd < 0 || log_fd < 0) _exit(127);
