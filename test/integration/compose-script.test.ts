@@ -13,22 +13,13 @@ import { dirname, join, resolve } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { clusterSupport, startCluster, type Cluster } from '../support/cluster';
-import { CLI_MAIN, LAUNCHER, ROOT, run, WORKER_MAIN } from '../support/processes';
+import { CLI_MAIN, LAUNCHER, ROOT, run, WORKER_MAIN, commandExists } from '../support/processes';
 
 const DOCKER = join(ROOT, 'docker');
 const SCRIPT = join(DOCKER, 'run-cluster-build.sh');
 const COMPOSE = join(DOCKER, 'compose.yaml');
 const SAMPLE = join(ROOT, 'test', 'fixtures', 'sample');
 const SAMPLE_SOURCES = (readFileSync(join(SAMPLE, 'Makefile'), 'utf8').match(/src\/[\w-]+\.c/g) ?? []).length;
-
-function commandExists(name: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore', timeout: 10_000 });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 const support = clusterSupport();
 

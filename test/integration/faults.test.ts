@@ -121,6 +121,26 @@ describe.skipIf(!support.ok)('faults', () => {
     return env;
   }
 
+  /** The slow job that `host` failed finished elsewhere, identical to the local object; returns the stats. */
+  async function expectRetriedElsewhere(env: NodeJS.ProcessEnv, host: string, result: Promise<{ code: number; stderr: string }>) {
+    const done = await result;
+    expect(done.code, done.stderr).toBe(0);
+    expect(readFileSync(join(work, 'slow-remote.o')).equals(readFileSync(join(work, 'slow-local.o')))).toBe(true);
+    const s = await stats(env);
+    expect(s.jobs.retried).toBe(1);
+    expect(s.hosts[host].failures).toBe(1);
+    return s;
+  }
+
+  /** After its backoff a host that came back gets jobs again: quick jobs until its worker logs more. */
+  async function expectUsedAgain(env: NodeJS.ProcessEnv, host: string, before = 0) {
+    await waitFor(`${host} to take jobs again`, async () => {
+      await quickJobs(env, 2, `${host}-back-${Date.now()}`);
+      return jobsOn(host) > before || undefined;
+    });
+    expect((await status(env)).hostStatus.find((h: { name: string }) => h.name === host).state).toBe('up');
+  }
+
   /** Compiles quick.c through Ferry `n` times (distinct outputs); each must equal the local object. */
   async function quickJobs(env: NodeJS.ProcessEnv, n: number, tag: string) {
     for (let i = 0; i < n; i++) {
@@ -136,24 +156,15 @@ describe.skipIf(!support.ok)('faults', () => {
     const { host, result } = await slowJobInFlight(env);
     await cluster.remote(host).stopWorker('SIGKILL');
     workers.delete(host);
-    const done = await result;
-    expect(done.code, done.stderr).toBe(0);
-    expect(readFileSync(join(work, 'slow-remote.o')).equals(readFileSync(join(work, 'slow-local.o')))).toBe(true);
-    const s = await stats(env);
-    expect(s.jobs.retried).toBe(1);
-    expect(s.hosts[host].failures).toBe(1);
+    const s = await expectRetriedElsewhere(env, host, result);
     expect(s.hosts[host].retried).toBe(1);
     expect(s.jobs.remote).toBe(1);
     expect(s.jobs.local).toBe(0);
 
     const back = await cluster.remote(host).startWorker(['--slots', '2']);
     workers.set(host, back);
-    // Down hosts are tried again after a backoff (first 1 s): quick jobs reach it again.
-    await waitFor(`${host} to take jobs again`, async () => {
-      await quickJobs(env, 2, `back-${Date.now()}`);
-      return jobsOn(host) > 0 || undefined;
-    });
-    expect((await status(env)).hostStatus.find((h: { name: string }) => h.name === host).state).toBe('up');
+    // Down hosts are tried again after a backoff (first 1 s).
+    await expectUsedAgain(env, host);
   });
 
   it('the SSH connection drops mid-job: the job is retried, the coordinator reconnects', async () => {
@@ -161,21 +172,12 @@ describe.skipIf(!support.ok)('faults', () => {
     const { host, result } = await slowJobInFlight(env);
     const before = jobsOn(host);
     for (const pid of sshdPids(cluster.remote(host)).sessions) process.kill(pid, 'SIGKILL');
-    const done = await result;
-    expect(done.code, done.stderr).toBe(0);
-    expect(readFileSync(join(work, 'slow-remote.o')).equals(readFileSync(join(work, 'slow-local.o')))).toBe(true);
-    const s = await stats(env);
-    expect(s.jobs.retried).toBe(1);
-    expect(s.hosts[host].failures).toBe(1);
+    await expectRetriedElsewhere(env, host, result);
     const down = (await status(env)).hostStatus.find((h: { name: string }) => h.name === host);
     expect(down.lastError === '' || /SSH connection|closed|load stream/.test(down.lastError)).toBe(true);
     // The worker itself kept running (its job was cancelled with the connection); after the backoff
     // the coordinator connects again and sends it jobs.
-    await waitFor(`${host} reconnected and compiling`, async () => {
-      await quickJobs(env, 2, `reconnect-${Date.now()}`);
-      return jobsOn(host) > before + 0 || undefined;
-    });
-    expect((await status(env)).hostStatus.find((h: { name: string }) => h.name === host).state).toBe('up');
+    await expectUsedAgain(env, host, before);
   });
 
   it.each([
@@ -216,11 +218,7 @@ describe.skipIf(!support.ok)('faults', () => {
     if (what.startsWith('refuses')) {
       // Back: after the backoff the next jobs reach r2 again.
       const env = coordinatorEnvs[coordinatorEnvs.length - 1];
-      const onR2 = jobsOn('r2');
-      await waitFor('r2 to take jobs again', async () => {
-        await quickJobs(env, 2, `r2back-${Date.now()}`);
-        return jobsOn('r2') > onR2 || undefined;
-      });
+      await expectUsedAgain(env, 'r2', jobsOn('r2'));
     }
   });
 

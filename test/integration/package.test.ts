@@ -21,7 +21,7 @@ import { loadWorkerProto } from '../../proto/load';
 import type { WorkerClient } from '../../proto/generated/ferry/v1/Worker';
 import type { WorkerDescription__Output } from '../../proto/generated/ferry/v1/WorkerDescription';
 import { clusterSupport, startCluster, type Cluster } from '../support/cluster';
-import { CLI_MAIN, LAUNCHER, ROOT, run, type RunResult } from '../support/processes';
+import { CLI_MAIN, LAUNCHER, ROOT, run, type RunResult, commandExists } from '../support/processes';
 
 const CACHE = '/var/cache/ferry-test';
 const BASE = join(CACHE, 'bookworm-minbase');
@@ -40,15 +40,6 @@ const CHROOT_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C', HOME: '
 const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
 const arch = commandExists('dpkg') ? execFileSync('dpkg', ['--print-architecture'], { encoding: 'utf8' }).trim() : '';
 const DEB = join(ROOT, 'dist', `ferry-worker_${pkg.version.replace('-', '~')}_${arch}.deb`);
-
-function commandExists(name: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore', timeout: 10_000 });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function support(): { ok: boolean; why?: string } {
   if (process.platform !== 'linux') return { ok: false, why: 'not Linux' };

@@ -1,5 +1,5 @@
 /** Starting and stopping the project's own processes in tests, always bounded in time. */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 
 export const ROOT = join(__dirname, '..', '..');
@@ -72,4 +72,14 @@ export function run(command: string, args: string[], options: { cwd?: string; en
       resolve({ code: code ?? 128 + (signal === 'SIGKILL' ? 9 : 15), stdout, stderr });
     });
   });
+}
+
+/** Whether a program is on PATH. */
+export function commandExists(name: string): boolean {
+  try {
+    execFileSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore', timeout: 10_000 });
+    return true;
+  } catch {
+    return false; // `command -v` exits non-zero for a missing program.
+  }
 }
