@@ -4,7 +4,7 @@
  * whole new one, never a truncated one.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, fchmodSync, openSync, renameSync, writeFileSync } from 'node:fs';
+import { closeSync, fchmodSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { readdir, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { FerryError } from '../proto/errors';
@@ -13,12 +13,19 @@ import { FerryError } from '../proto/errors';
 const TEMP_NAME = /^\..+\.ferry-(\d+)-[0-9a-f]{8}$/;
 const swept = new Set<string>();
 
+/** A process that can still write: running, not a zombie waiting for a parent to reap it. */
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false; // Gone between the two looks.
   }
 }
 

@@ -38,3 +38,23 @@ describe('writing outputs', () => {
     expect(readdirSync(sub).sort()).toEqual([`.y.o.ferry-${process.ppid}-0badf00d`, '.z.o.ferry-notes', 'z.o']);
   });
 });
+
+describe('sweeping after a killed coordinator not yet reaped', () => {
+  it('treats a zombie writer as dead', async () => {
+    const { spawn } = await import('node:child_process');
+    // `true` exits in the background; its parent becomes `sleep`, which never waits for it: a zombie
+    // whose pid still answers kill(pid, 0), like a killed daemon that init has not reaped yet.
+    const parent = spawn('sh', ['-c', 'true & echo $!; exec sleep 5'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const pid = Number(await new Promise<string>((resolve) => parent.stdout!.once('data', (d: Buffer) => resolve(d.toString()))));
+    try {
+      await new Promise((r) => setTimeout(r, 200));
+      expect(readFileSync(`/proc/${pid}/stat`, 'utf8')).toMatch(/\) Z /);
+      const sub = mkdtempSync(join(dir, 'zombie-'));
+      writeFileSync(join(sub, `.z.o.ferry-${pid}-0badf00d`), 'left by a killed coordinator');
+      await sweepTemporaries(sub);
+      expect(readdirSync(sub)).toEqual([]);
+    } finally {
+      parent.kill('SIGKILL');
+    }
+  });
+});
