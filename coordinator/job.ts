@@ -25,6 +25,7 @@ import { compileRemotely, RemoteFailure, type RemoteOutcome } from './remote-com
 import type { Scheduler } from './scheduler';
 import type { Notices } from './notices';
 import type { StatsStore } from './stats';
+import type { DriverTemplates } from './driver-template';
 
 export const LAUNCHER_PROTOCOL = 2;
 /** The native launcher of this installation (dist/bin/ferry). */
@@ -50,6 +51,8 @@ export interface JobContext {
   record: (job: JobRecord) => void;
   /** Where launchers write preprocessed sources for us to read (a private directory). */
   preprocessDir: string;
+  /** gcc's `-E` commands learnt per argv shape, run without the driver. */
+  driverTemplates: DriverTemplates;
 }
 
 export function envFromList(list: readonly string[]): NodeJS.ProcessEnv {
@@ -193,7 +196,10 @@ async function remotePath({ request, context, ask, signal, plan, compiler, env, 
   let pre;
   const cppStarted = Date.now();
   try {
-    pre = await preprocess(compiler.path, plan, request.cwd, join(context.preprocessDir, `${jobId}.i`), ask);
+    pre = await preprocess(compiler.path, plan, request.cwd, join(context.preprocessDir, `${jobId}.i`), ask, {
+      templates: context.driverTemplates,
+      env,
+    });
   } finally {
     releaseCpp();
   }
@@ -211,6 +217,7 @@ async function remotePath({ request, context, ask, signal, plan, compiler, env, 
   if (!outcome.ok) return runLocally(outcome.reason, outcome.detail, outcome.detail);
   const { result, outputs } = outcome.remote;
   stats.jobs.remote++;
+  if (pre.direct) stats.jobs.preprocessedDirect++;
   stats.bytes.sourceRaw += pre.source.length;
   stats.bytes.sourceSent += outcome.remote.bytesSent;
   stats.bytes.outputRaw += outputs.reduce((n, o) => n + o.length, 0);

@@ -10,11 +10,21 @@ import { resolve } from 'node:path';
 import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchReply';
 import type { PreprocessResult__Output } from '../proto/generated/ferry/launcher/v1/PreprocessResult';
 import type { RemotePlan } from './classify';
+import type { DriverTemplates } from './driver-template';
 
 export interface Preprocessed {
   exitCode: number;
   source: Buffer;
   stderr: Buffer;
+  /** The compiler proper ran without its driver (a learnt command, see driver-template.ts). */
+  direct: boolean;
+}
+
+/** Where a driver's `-E` command can be replaced by the compiler proper's (gcc only). */
+export interface DirectPreprocessing {
+  templates: Pick<DriverTemplates, 'commandFor'>;
+  /** The job's environment: the driver's choices depend on some of it. */
+  env: NodeJS.ProcessEnv;
 }
 
 /** Flags the remote compile needs to read what the preprocessor wrote, as if it ran in `cwd`. */
@@ -46,20 +56,33 @@ export async function preprocess(
   cwd: string,
   outputFile: string,
   ask: AskLauncher,
+  direct?: DirectPreprocessing,
 ): Promise<Preprocessed> {
   if (plan.preprocessed) {
-    return { exitCode: 0, source: await readFile(resolve(cwd, plan.source)), stderr: Buffer.alloc(0) };
+    return { exitCode: 0, source: await readFile(resolve(cwd, plan.source)), stderr: Buffer.alloc(0), direct: false };
   }
+  const argv = [compilerPath, ...preprocessArgs(plan)];
   try {
-    const result = await ask({ action: 'PREPROCESS', preprocessArgv: [compilerPath, ...preprocessArgs(plan)], preprocessOutput: outputFile });
-    // One read of a file just written (in the page cache): synchronous is the cheaper way.
-    const source = result.exitCode === 0 ? readFileSync(outputFile) : Buffer.alloc(0);
-    return { exitCode: result.exitCode, source, stderr: Buffer.from(result.stderr) };
-  } finally {
-    try {
-      unlinkSync(outputFile);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    const command = plan.family === 'gcc' && direct ? direct.templates.commandFor(argv, cwd, direct.env) : undefined;
+    if (command) {
+      const result = await ask({ action: 'PREPROCESS', preprocessArgv: command.argv, preprocessOutput: outputFile, env: command.env });
+      // One read of a file just written (in the page cache): synchronous is the cheaper way.
+      if (result.exitCode === 0) return { exitCode: 0, source: readFileSync(outputFile), stderr: Buffer.from(result.stderr), direct: true };
+      // A failing preprocessor is shown as the driver shows it (its messages, its exit status).
+      removeFile(outputFile);
     }
+    const result = await ask({ action: 'PREPROCESS', preprocessArgv: argv, preprocessOutput: outputFile });
+    const source = result.exitCode === 0 ? readFileSync(outputFile) : Buffer.alloc(0);
+    return { exitCode: result.exitCode, source, stderr: Buffer.from(result.stderr), direct: false };
+  } finally {
+    removeFile(outputFile);
+  }
+}
+
+function removeFile(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
 }

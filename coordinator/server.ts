@@ -18,6 +18,7 @@ import { Slots } from '../worker/slots';
 import type { Host } from './host';
 import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchReply';
 import { runJob, type JobContext, type JobOutcome } from './job';
+import { DriverTemplates, runDriver } from './driver-template';
 import { LocalSlots } from './local-slots';
 import { Notices } from './notices';
 import { runtimePaths, stateDir, type RuntimePaths } from './paths';
@@ -145,6 +146,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     notices: new Notices(),
     log,
     preprocessDir: join(paths.dir, 'cpp'),
+    driverTemplates: new DriverTemplates(runDriver, log),
     record: (job) => {
       jobsDone++;
       recent.push(job);

@@ -23,7 +23,7 @@ export type Stats = Stats__Output & {
 export function emptyStats(now = new Date()): Stats {
   return {
     since: now.toISOString(),
-    jobs: { remote: 0, local: 0, compileErrors: 0, preprocessErrors: 0, retried: 0 },
+    jobs: { remote: 0, local: 0, compileErrors: 0, preprocessErrors: 0, retried: 0, preprocessedDirect: 0 },
     local: {},
     hosts: {},
     bytes: { sourceRaw: 0, sourceSent: 0, outputRaw: 0, outputReceived: 0 },
@@ -52,7 +52,10 @@ export class StatsStore {
 
   static read(file: string): Stats {
     try {
-      return { ...emptyStats(), ...(JSON.parse(readFileSync(file, 'utf8')) as Stats) };
+      const saved = JSON.parse(readFileSync(file, 'utf8')) as Stats;
+      // Statistics saved by an older version lack newer counters.
+      const empty = emptyStats();
+      return { ...empty, ...saved, jobs: { ...empty.jobs, ...saved.jobs } };
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return emptyStats();
       // A damaged file must not stop builds; start counting afresh and say so in the log.

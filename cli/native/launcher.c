@@ -434,7 +434,8 @@ struct reply {
     int32_t exit_code;
     const uint8_t *out, *err, *notice;
     size_t out_len, err_len, notice_len;
-    /* KEY=VALUE pairs to set before running locally (e.g. CCACHE_PREFIX for `ferry ccache gcc`). */
+    /* KEY=VALUE pairs to set before running locally (e.g. CCACHE_PREFIX for `ferry ccache gcc`), or
+     * for the PREPROCESS command only. */
     char *env[MAX_REPLY_ENV];
     size_t env_count;
     /* Run locally with the connection inherited by the compiler: its exit tells the coordinator. */
@@ -540,6 +541,8 @@ static uint8_t *run_preprocessor(struct reply *r, size_t *frame_len) {
         if (pid == 0) {
             dup2(out, 1);
             dup2(pipefd[1], 2);
+            /* Variables the compiler driver would have set (a driverless command, see driver-template.ts). */
+            for (size_t i = 0; i < r->env_count; i++) putenv(r->env[i]);
             execv(r->pp_argv[0], r->pp_argv);
             dprintf(2, "ferry: cannot run %s: %s\n", r->pp_argv[0], strerror(errno));
             _exit(127);

@@ -1,0 +1,265 @@
+/**
+ * Preprocessing without gcc's driver. Of the ~7 ms a small `gcc -E` costs, ~2.5 ms are the driver
+ * itself (spec processing, path searches, one more fork and exec) before it runs `cc1 -E`. For a
+ * given argv the driver's command is fixed, and the job's file names only pass through it (or
+ * their base names do), so the command is learnt once per argv shape from `gcc -###` with
+ * placeholder names, checked against the driver's answer for real names, and filled in for later
+ * jobs of that shape. Anything the learning does not recognise keeps the driver.
+ */
+import { execFile } from 'node:child_process';
+import { statSync } from 'node:fs';
+import { basename, extname } from 'node:path';
+
+/** Placeholder names: letters and digits only, so `-###` prints them unquoted and they never merge. */
+const token = (n: number) => `QzFerry${n}zQ`;
+const TOKEN_MARK = 'QzFerry';
+
+/** Options whose effect on the driver's command this does not model: the driver runs. */
+const KEEP_DRIVER = /^(-v|-###|-Q|--verbose|-no-integrated-cpp|-traditional-cpp|-save-temps.*|-wrapper.*|-B.*|-specs.*|--specs.*|-fcompare-debug.*|-dumpdir.*|-dumpbase.*|-print.*|--help.*|--target-help|--version|-time.*|-fplugin.*|@.*)$/;
+
+/** Dependency options whose value is a per-job file name or make target. */
+const DEP_VALUE = new Set(['-MF', '-MT', '-MQ']);
+
+/** Environment the driver reads (or hands to cc1): part of the shape. */
+const DRIVER_ENV = /^(GCC_[A-Z_]*|COLLECT_[A-Z_]*|COMPILER_PATH|LIBRARY_PATH|DEPENDENCIES_OUTPUT|SUNPRO_DEPENDENCIES|PATH|TMPDIR|LANG|LANGUAGE|LC_[A-Z]+)$/;
+
+/** A job's argv with its file names replaced by placeholders, and the names themselves. */
+export interface JobShape {
+  /** The driver argv with placeholders (compiler first). */
+  tokenArgv: string[];
+  /** Placeholder i stands for values[i]. */
+  values: string[];
+}
+
+/**
+ * Replaces the per-job names in a preprocessing argv ([driver, ...args, source], the source last)
+ * with placeholders: the source's directory and stem (the driver derives `-dumpbase` and implied
+ * .d names from the base name) and the values of -MF/-MT/-MQ, separate, joined or inside -Wp,.
+ * Undefined when the argv has something this does not model.
+ */
+export function shapeOf(argv: readonly string[]): JobShape | undefined {
+  if (argv.length < 2) return undefined;
+  const values: string[] = [];
+  const placeholder = (value: string): string => {
+    values.push(value);
+    return token(values.length - 1);
+  };
+  if (argv.some((a) => a.includes('\n') || a.includes(TOKEN_MARK))) return undefined;
+  const source = argv[argv.length - 1];
+  const args = argv.slice(1, -1);
+  const tokenArgs: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    // Words without a dash are option values (-include h.h): classify() lets one input through, last.
+    if (KEEP_DRIVER.test(arg)) return undefined;
+    if (DEP_VALUE.has(arg)) {
+      if (i + 1 >= args.length) return undefined;
+      tokenArgs.push(arg, placeholder(args[++i]));
+    } else if (DEP_VALUE.has(arg.slice(0, 3))) {
+      tokenArgs.push(arg.slice(0, 3) + placeholder(arg.slice(3)));
+    } else if (arg.startsWith('-Wp,')) {
+      const parts = arg.slice(4).split(',');
+      if (parts.length === 2 && /^-M(M?D|F|T|Q)$/.test(parts[0])) tokenArgs.push(`-Wp,${parts[0]},${placeholder(parts[1])}`);
+      else if (parts.every((p) => !/^-M/.test(p))) tokenArgs.push(arg);
+      else return undefined;
+    } else {
+      tokenArgs.push(arg);
+    }
+  }
+
+  const name = basename(source);
+  const ext = extname(name);
+  const stem = name.slice(0, name.length - ext.length);
+  if (!ext || !stem || source.startsWith('-')) return undefined;
+  const slash = source.lastIndexOf('/');
+  let sourceToken: string;
+  if (slash < 0) {
+    sourceToken = placeholder(stem) + ext;
+  } else if (slash === 0) {
+    sourceToken = '/' + placeholder(stem) + ext;
+  } else {
+    // An absolute directory stays absolute: the placeholder stands for it without its first slash.
+    const dir = source.slice(0, slash);
+    const dirToken = dir.startsWith('/') ? '/' + placeholder(dir.slice(1)) : placeholder(dir);
+    sourceToken = `${dirToken}/${placeholder(stem)}${ext}`;
+  }
+  return { tokenArgv: [argv[0], ...tokenArgs, sourceToken], values };
+}
+
+/** The driver's command for a job: what to exec and the variables the driver would have set. */
+export interface DriverCommand {
+  argv: string[];
+  /** KEY=VALUE, in the order the driver sets them. */
+  env: string[];
+}
+
+const KNOWN_LINES = /^(Using built-in specs\.|Target: .*|Configured with: .*|Thread model: .*|Supported LTO compression algorithms: .*|gcc version .*)$/;
+const ENV_LINE = /^([A-Z_][A-Z0-9_]*)=(.*)$/;
+const COMPILER_PROPER = /^cc1(plus|obj|objplus)?$/;
+
+/** One command line of `-###`: arguments separated by spaces, quoted with "…" and \-escapes when needed. */
+export function parseCommandLine(line: string): string[] | undefined {
+  const args: string[] = [];
+  let i = 0;
+  while (i < line.length) {
+    if (line[i] === ' ') {
+      i++;
+      continue;
+    }
+    let arg = '';
+    if (line[i] === '"') {
+      i++;
+      for (;;) {
+        if (i >= line.length) return undefined;
+        const c = line[i++];
+        if (c === '"') break;
+        if (c === '\\') {
+          if (i >= line.length) return undefined;
+          arg += line[i++];
+        } else {
+          arg += c;
+        }
+      }
+      if (i < line.length && line[i] !== ' ') return undefined;
+    } else {
+      while (i < line.length && line[i] !== ' ') arg += line[i++];
+    }
+    args.push(arg);
+  }
+  return args.length > 0 ? args : undefined;
+}
+
+/**
+ * The single compiler-proper command of a `gcc -### -E …` run, with the variables set before it.
+ * Undefined for anything else: several commands, another program, or a line the driver prints for
+ * a reason this does not know (a warning, an error).
+ */
+export function parseDriverOutput(stderr: string): DriverCommand | undefined {
+  let command: string[] | undefined;
+  const env: string[] = [];
+  for (const line of stderr.split('\n')) {
+    if (line === '') continue;
+    if (line.startsWith(' ')) {
+      if (command) return undefined;
+      command = parseCommandLine(line);
+      if (!command || !command[0].startsWith('/') || !COMPILER_PROPER.test(basename(command[0]))) return undefined;
+    } else if (ENV_LINE.test(line)) {
+      if (!command) env.push(line);
+    } else if (!KNOWN_LINES.test(line)) {
+      return undefined;
+    }
+  }
+  // The launcher sets at most MAX_REPLY_ENV (16) variables.
+  return command && env.length <= 16 ? { argv: command, env } : undefined;
+}
+
+/** The template with the job's names put back. */
+export function instantiate(template: DriverCommand, values: readonly string[]): DriverCommand {
+  const fill = (text: string) => {
+    if (!text.includes(TOKEN_MARK)) return text;
+    // Highest first: QzFerry1zQ is not a prefix of QzFerry10zQ (the zQ ends each), but stay plain.
+    for (let i = values.length - 1; i >= 0; i--) text = text.split(token(i)).join(values[i]);
+    return text;
+  };
+  return { argv: template.argv.map(fill), env: template.env.map(fill) };
+}
+
+function sameCommand(a: DriverCommand, b: DriverCommand): boolean {
+  return a.argv.length === b.argv.length && a.argv.every((x, i) => x === b.argv[i]) && a.env.length === b.env.length && a.env.every((x, i) => x === b.env[i]);
+}
+
+/** Runs `driver -### args…` and returns its stderr (where -### prints). */
+export type RunDriver = (argv: readonly string[], cwd: string, env: NodeJS.ProcessEnv) => Promise<string>;
+
+export const runDriver: RunDriver = (argv, cwd, env) =>
+  new Promise((resolve, reject) => {
+    execFile(argv[0], [...argv.slice(1), '-###'], { cwd, env, timeout: 10_000, maxBuffer: 4 << 20 }, (err, _stdout, stderr) => {
+      if (err) reject(err);
+      else resolve(stderr);
+    });
+  });
+
+interface Entry {
+  seen: number;
+  /** Learning in progress, or its answer: the template, or null when this shape keeps the driver. */
+  template?: Promise<DriverCommand | null>;
+  settled?: DriverCommand | null;
+}
+
+/**
+ * Learnt driver commands, per shape. A shape is learnt from its second job on (a one-off argv
+ * never costs two driver runs), in the background: jobs use the driver until it is ready.
+ */
+export class DriverTemplates {
+  private readonly entries = new Map<string, Entry>();
+  learnt = 0;
+  refused = 0;
+
+  constructor(
+    private readonly run: RunDriver = runDriver,
+    private readonly log: (line: string) => void = () => undefined,
+    private readonly capacity = 1024,
+  ) {}
+
+  /**
+   * The command to run instead of `argv` (the driver's `-E` command line), or undefined to run the
+   * driver. `cwd` and `env` are the job's: the driver resolves paths and reads variables from them.
+   */
+  commandFor(argv: readonly string[], cwd: string, env: NodeJS.ProcessEnv): DriverCommand | undefined {
+    const shape = shapeOf(argv);
+    if (!shape) return undefined;
+    let identity: string;
+    try {
+      const info = statSync(argv[0]);
+      identity = `${info.size}:${info.mtimeMs}:${info.ino}`;
+    } catch {
+      return undefined; // The compiler is gone: the driver's own run reports it.
+    }
+    const driverEnv = Object.keys(env)
+      .filter((k) => DRIVER_ENV.test(k))
+      .sort()
+      .map((k) => `${k}=${env[k]}`);
+    const key = JSON.stringify([identity, cwd, driverEnv, shape.tokenArgv]);
+    let entry = this.entries.get(key);
+    if (!entry) {
+      if (this.entries.size >= this.capacity) this.entries.delete(this.entries.keys().next().value as string);
+      entry = { seen: 0 };
+      this.entries.set(key, entry);
+    }
+    entry.seen++;
+    if (entry.settled) return instantiate(entry.settled, shape.values);
+    if (entry.settled === undefined && !entry.template && entry.seen >= 2) {
+      const learning = this.learn(shape, argv, cwd, env);
+      entry.template = learning;
+      const target = entry;
+      void learning.then((t) => {
+        target.settled = t;
+      });
+    }
+    return undefined;
+  }
+
+  /** Resolves when every shape being learnt now is learnt (or refused). */
+  async whenLearnt(): Promise<void> {
+    await Promise.all([...this.entries.values()].map((e) => e.template));
+  }
+
+  private async learn(shape: JobShape, argv: readonly string[], cwd: string, env: NodeJS.ProcessEnv): Promise<DriverCommand | null> {
+    try {
+      const [withTokens, real] = await Promise.all([this.run(shape.tokenArgv, cwd, env), this.run(argv, cwd, env)]);
+      const template = parseDriverOutput(withTokens);
+      const expected = parseDriverOutput(real);
+      if (template && expected && sameCommand(instantiate(template, shape.values), expected)) {
+        this.learnt++;
+        return template;
+      }
+      this.refused++;
+      this.log(`preprocessing of ${basename(argv[argv.length - 1])}'s shape keeps gcc's driver: its -### output is not one cc1 command that names the job's files only where expected`);
+      return null;
+    } catch (err) {
+      this.refused++;
+      this.log(`preprocessing keeps gcc's driver for ${basename(argv[argv.length - 1])}'s shape: ${(err as Error).message.split('\n')[0]}`);
+      return null;
+    }
+  }
+}
