@@ -28,11 +28,12 @@ function sameFile(a: { dev: number; ino: number }, b: { dev: number; ino: number
   return !!b && a.dev === b.dev && a.ino === b.ino;
 }
 
+/** Missing candidates are expected while searching PATH (and cost no exception this way). */
 function statOrUndefined(path: string) {
   try {
-    return statSync(path);
+    return statSync(path, { throwIfNoEntry: false });
   } catch {
-    return undefined; // Missing candidates are expected while searching PATH.
+    return undefined; // EACCES, ENOTDIR: a PATH entry a shell would skip too.
   }
 }
 

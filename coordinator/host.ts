@@ -189,7 +189,7 @@ export class Host {
       target = `unix://${(this.spec.worker as { path: string }).path}`;
     } else {
       const sshTarget = await resolveSshTarget(this.spec.alias!, this.context.env, { user: this.spec.user, port: this.spec.sshPort });
-      const ssh = await connectSsh(sshTarget, { agentSocket: this.context.env.SSH_AUTH_SOCK, keepaliveIntervalMs: SSH_KEEPALIVE_MS });
+      const ssh = await connectSsh(sshTarget, { agentSocket: this.context.env.SSH_AUTH_SOCK, keepaliveIntervalMs: SSH_KEEPALIVE_MS, log: this.context.log });
       if (this.closed) {
         ssh.end();
         throw new FerryError('host-closed', `${this.name} was removed while connecting`);

@@ -36,6 +36,9 @@ const REMOTE_DEADLINE_MS = 30 * 60_000;
 /** Environment the remote compiler gets: message language and colours, nothing that changes code. */
 const REMOTE_ENV = /^(LANG|LANGUAGE|LC_[A-Z]+|GCC_COLORS|GCC_URLS|TERM_URLS)$/;
 
+/** Preprocessors at once by default; asked once (it is a sched_getaffinity call). */
+const CORES = availableParallelism();
+
 export interface JobContext {
   pool: HostPool;
   scheduler: Scheduler<Host>;
@@ -117,7 +120,7 @@ async function decide(request: LaunchRequest__Output, context: JobContext, ask: 
     const source = hostsSource(env);
     context.pool.configure(source, env);
     context.localSlots.resize(context.pool.config.localSlots);
-    context.cppSlots.resize(context.pool.config.cppSlots ?? availableParallelism());
+    context.cppSlots.resize(context.pool.config.cppSlots ?? CORES);
     hostsConfigured = context.pool.hosts.length > 0;
   } catch (err) {
     return runLocally('hosts-invalid', errorMessage(err), errorMessage(err));

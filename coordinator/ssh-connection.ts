@@ -3,6 +3,7 @@
  * same SshTarget: known_hosts under StrictHostKeyChecking, then ssh-agent keys, then IdentityFiles.
  */
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
+import { Socket } from 'node:net';
 import { dirname } from 'node:path';
 import {
   BaseAgent,
@@ -30,6 +31,7 @@ import {
   type KnownHostsEntry,
 } from './known-hosts';
 import type { SshTarget } from './ssh-config';
+import { coalesceWrites } from './write-coalescing';
 
 export interface ConnectOptions {
   /** SSH_AUTH_SOCK; without it the agent is not used. */
@@ -40,6 +42,8 @@ export interface ConnectOptions {
   sessionTimeoutMs?: number;
   /** ssh2 keepalive; 0/absent disables it. */
   keepaliveIntervalMs?: number;
+  /** Where to say that something costs more than it should (the coordinator's log). */
+  log?: (line: string) => void;
 }
 
 const DEFAULT_READY_TIMEOUT_MS = 20_000;
@@ -332,6 +336,11 @@ export async function connectSsh(target: SshTarget, options: ConnectOptions = {}
     // Our side of the Nagle problem: ssh2 writes a forwarded chunk as more than one segment, and without NODELAY the
     // second waits for the peer's delayed ACK (measured: 44 ms per round trip even after the session below).
     conn.setNoDelay(true);
+    // ...and those pieces go out as one segment per tick rather than one each. ssh2 keeps the socket it made in
+    // `_sock` (ssh2 1.x); should that change, this costs CPU, not correctness, and the log says so once.
+    const sock = (conn as unknown as { _sock?: unknown })._sock;
+    if (sock instanceof Socket) coalesceWrites(sock);
+    else options.log?.(`${name}: cannot reach ssh2's socket to merge its writes (ssh2 internals changed); each SSH packet costs several syscalls`);
   });
 
   await openSession(conn, target, options.sessionTimeoutMs ?? DEFAULT_SESSION_TIMEOUT_MS);

@@ -14,7 +14,7 @@ import {
   chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync,
 } from 'node:fs';
 import { availableParallelism, release, tmpdir } from 'node:os';
-import { dirname, join, relative } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:net';
 import {
@@ -37,8 +37,8 @@ const NPROC = availableParallelism();
 // Options
 // ---------------------------------------------------------------------------------------------
 const USAGE = 'usage: npm run bench -- [--runs N] [--quick] [--slots N] [--only a,b,c,d,scaling,rss] [--accounting proc] ' +
-  '[--distcc-tunnel session|plain] [--timeout SECONDS]';
-const opts = { runs: undefined, quick: false, slots: 8, only: undefined, accounting: 'auto', tunnel: 'session', timeout: undefined };
+  '[--distcc-tunnel session|plain] [--timeout SECONDS] [--coordinator-profile DIR]';
+const opts = { runs: undefined, quick: false, slots: 8, only: undefined, accounting: 'auto', tunnel: 'session', timeout: undefined, profileDir: undefined };
 {
   const argv = process.argv.slice(2);
   const value = (i) => {
@@ -57,6 +57,9 @@ const opts = { runs: undefined, quick: false, slots: 8, only: undefined, account
       else if (flag === '--accounting') ([v, i] = value(i), (opts.accounting = v));
       else if (flag === '--distcc-tunnel') ([v, i] = value(i), (opts.tunnel = v));
       else if (flag === '--timeout') ([v, i] = value(i), (opts.timeout = Number(v)));
+      // node --cpu-prof for the coordinator: one .cpuprofile per coordinator start, written as it
+      // stops, and its log (with --trace-gc) copied beside it.
+      else if (flag === '--coordinator-profile') ([v, i] = value(i), (opts.profileDir = resolve(v)));
       else if (flag === '--help' || flag === '-h') {
         console.log(USAGE);
         process.exit(0);
@@ -113,6 +116,10 @@ function cleanup() {
   step('namespaces', () => cluster?.cleanup());
   step('cgroups', () => accounting?.cleanup());
   step('apt source list', () => aptSourcesFile && rmSync(aptSourcesFile, { force: true }));
+  step('coordinator logs', () => {
+    if (!opts.profileDir || !tmp || !existsSync(tmp)) return;
+    for (const f of readdirSync(tmp).filter((n) => n.startsWith('coordinator-'))) writeFileSync(join(opts.profileDir, f), readFileSync(join(tmp, f)));
+  });
   step('temp dir', () => tmp && rmSync(tmp, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 }));
 }
 const overall = setTimeout(() => {
@@ -450,7 +457,9 @@ async function main() {
   let coordinatorStarts = 0;
   async function startCoordinator() {
     coordinatorLog = join(tmp, `coordinator-${++coordinatorStarts}.log`);
-    coordinator = await procs.daemon('ferry coordinator', [process.execPath, CLI, 'coordinator', '--foreground'], {
+    const profile = opts.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.profileDir}`, '--trace-gc'] : [];
+    // The heap flag the launcher starts the coordinator with (COORDINATOR_HEAP_FLAG in launcher.c).
+    coordinator = await procs.daemon('ferry coordinator', [process.execPath, '--initial-old-space-size=64', ...profile, CLI, 'coordinator', '--foreground'], {
       env: env.ferry(), cgroupProcs: accounting.procs('initiator', 'ferry'), log: coordinatorLog, ready: /listening on/,
     });
     if (accounting.kind === 'proc') accounting.roots.initiator.ferry = [coordinator.pid];
