@@ -1,5 +1,6 @@
 // Build: generate TypeScript types from proto/, compile TypeScript to dist/, compile the native
-// launcher with the machine's own C compiler (an initiator always has one), write the bin wrappers.
+// launcher and the worker's exec helper with the machine's own C compiler (an initiator always has
+// one), write the bin wrappers.
 import { execFileSync } from 'node:child_process';
 import { chmodSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -23,6 +24,11 @@ run(cc, [
   '-O2', '-Wall', '-Wextra', '-std=c11', '-D_GNU_SOURCE',
   `-DFERRY_NODE="${process.execPath}"`,
   '-o', join('dist', 'bin', 'ferry'), join('cli', 'native', 'launcher.c'),
+]);
+// The worker starts its compilers through this (worker/exec-helper.ts looks for it in dist/bin).
+run(cc, [
+  '-O2', '-Wall', '-Wextra', '-std=c11', '-D_GNU_SOURCE',
+  '-o', join('dist', 'bin', 'ferry-worker-exec'), join('worker', 'native', 'exec-helper.c'),
 ]);
 const workerEntry = join(root, 'dist', 'bin', 'ferry-worker');
 writeFileSync(workerEntry, "#!/usr/bin/env node\nrequire('../worker/main.js');\n");

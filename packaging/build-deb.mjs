@@ -8,6 +8,7 @@
 // Layout of the package:
 //   /usr/bin/ferry-worker                      sh wrapper: exec /usr/bin/node …/dist/worker/main.js
 //   /usr/lib/ferry-worker/{package.json,dist/worker,dist/proto,proto/*.proto,node_modules}
+//   /usr/lib/ferry-worker/dist/bin/ferry-worker-exec   the worker's compiler-starting helper (C, this machine's cc)
 //   /etc/ferry/worker.conf                     conffile, from worker/worker.conf
 //   /lib/systemd/system/ferry-worker.service   packaging/ferry-worker.service
 //   /usr/share/doc/ferry-worker/{copyright,README.Debian}
@@ -58,6 +59,12 @@ try {
     if (/require\("[^"]*generated\//.test(readFileSync(file, 'utf8'))) fail(`${relative(lib, file)} requires a generated module at run time`);
   }
 
+  // 1b. The exec helper, where worker/exec-helper.ts looks for it (../bin from dist/worker).
+  mkdirSync(join(lib, 'dist', 'bin'));
+  const helper = join(lib, 'dist', 'bin', 'ferry-worker-exec');
+  run(process.env.CC || 'cc', ['-O2', '-Wall', '-Wextra', '-std=c11', '-D_GNU_SOURCE', '-o', helper, join(root, 'worker', 'native', 'exec-helper.c')], { stdio: ['ignore', 'inherit', 'inherit'] });
+  chmodSync(helper, 0o755);
+
   // 2. The .proto files, where proto/load.ts looks for them (../../proto from dist/proto).
   mkdirSync(join(lib, 'proto'));
   for (const name of readdirSync(join(root, 'proto')).filter((n) => n.endsWith('.proto'))) {
@@ -96,7 +103,8 @@ try {
   mkdirSync(debian, { mode: 0o755 });
   const installedKiB = Math.ceil(sizeOf(tree) / 1024);
   writeFileSync(join(debian, 'control'), readFileSync(join(here, 'deb', 'control'), 'utf8')
-    .replaceAll('@VERSION@', version).replaceAll('@ARCH@', arch).replaceAll('@INSTALLED_SIZE@', String(installedKiB)), { mode: 0o644 });
+    .replaceAll('@VERSION@', version).replaceAll('@ARCH@', arch).replaceAll('@INSTALLED_SIZE@', String(installedKiB))
+    .replaceAll('@LIBC6@', libcNeeded(helper, '2.17')), { mode: 0o644 });
   install(join(here, 'deb', 'conffiles'), join(debian, 'conffiles'), 0o644);
   for (const script of ['postinst', 'prerm', 'postrm']) install(join(here, 'deb', script), join(debian, script), 0o755);
   const sums = walk(tree).filter((f) => !f.startsWith(debian + '/') && !relative(tree, f).startsWith('etc/'))
@@ -119,6 +127,21 @@ try {
   process.stdout.write(`${relative(process.cwd(), target) || target} (${packages.length} npm packages, ${installedKiB} KiB installed)\n`);
 } finally {
   rmSync(staging, { recursive: true, force: true });
+}
+
+/**
+ * The glibc the helper was linked against needs: the highest GLIBC_x.y version it names (the dynamic
+ * string table lists the versions it needs), or `floor` if that is higher (what the npm binaries need).
+ */
+function libcNeeded(binary, floor) {
+  const versions = [...readFileSync(binary).toString('latin1').matchAll(/GLIBC_(\d+(?:\.\d+)+)/g)].map((m) => m[1]);
+  const key = (v) => v.split('.').map(Number);
+  const newer = (a, b) => {
+    const [x, y] = [key(a), key(b)];
+    for (let i = 0; i < Math.max(x.length, y.length); i++) if ((x[i] ?? 0) !== (y[i] ?? 0)) return (x[i] ?? 0) > (y[i] ?? 0);
+    return false;
+  };
+  return versions.reduce((max, v) => (newer(v, max) ? v : max), floor);
 }
 
 function install(from, to, mode) {

@@ -2,13 +2,11 @@
  * One Compile call: receive the job header and the preprocessed source, wait for a slot, run the
  * allowed compiler in a private directory, stream the outputs back, remove the directory.
  */
-import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { FerryError, errorMessage } from '../proto/errors';
 import { decodeChunk, splitIntoChunks } from '../proto/chunks';
-import { exitStatus } from '../proto/exit-status';
 import type { CompileRequest__Output } from '../proto/generated/ferry/v1/CompileRequest';
 import type { SourceFile__Output } from '../proto/generated/ferry/v1/SourceFile';
 import type { CompileReply } from '../proto/generated/ferry/v1/CompileReply';
@@ -17,6 +15,8 @@ import type { Language__Output } from '../proto/generated/ferry/v1/Language';
 import { checkJobArgs, type ArgPolicy } from './arg-policy';
 import { diagnosticFiles, hasLocatedDiagnostics, lineMarkerPaths, mirrorPath, rewriteLineMarkers } from './excerpts';
 import type { CompilerTable } from './compilers';
+import { ExecError, type ExecHelper } from './exec-helper';
+import { JobRefused } from './job-refused';
 import { isLocalPeer } from './listen';
 import { Slots } from './slots';
 
@@ -78,6 +78,8 @@ export interface CompileDeps {
   argPolicy: ArgPolicy;
   /** Listening on a Unix socket (peers have no address to check). */
   unixSocket: boolean;
+  /** Starts the compilers. */
+  exec: ExecHelper;
   log: (line: string) => void;
 }
 
@@ -93,7 +95,7 @@ const SOURCE_EXTENSION: Record<Language__Output, string> = {
 
 /** A full disk is the host's trouble, not the job's: UNAVAILABLE sends the job to another host. */
 function diskError(err: unknown): never {
-  const code = (err as NodeJS.ErrnoException).code;
+  const code = err instanceof ExecError ? err.errno : (err as NodeJS.ErrnoException).code;
   if (code === 'ENOSPC' || code === 'EDQUOT') {
     throw new JobRefused(grpc.status.UNAVAILABLE, 'disk-full', `the worker's disk is full (${(err as Error).message})`, 'Free space in the worker\'s tmpdir.');
   }
@@ -119,13 +121,6 @@ export function isMirrorableCwd(cwd: string): boolean {
   if (!cwd) return true;
   if (!cwd.startsWith('/') || !fitsFileSystem(cwd)) return false;
   return cwd.split('/').every((segment) => segment !== '.' && segment !== '..');
-}
-
-/** A FerryError carrying the gRPC status it should end the call with. */
-class JobRefused extends FerryError {
-  constructor(readonly status: grpc.status, code: string, message: string, hint?: string) {
-    super(code, message, hint);
-  }
 }
 
 function validateHeader(header: JobHeader__Output, deps: CompileDeps) {
@@ -297,72 +292,67 @@ interface CompilerRun {
   stderr: Buffer;
 }
 
-function collect(stream: NodeJS.ReadableStream, limit: number): () => Buffer {
-  const parts: Buffer[] = [];
-  let size = 0;
-  let cut = false;
-  stream.on('data', (data: Buffer) => {
-    if (size + data.length <= limit) {
-      parts.push(data);
-      size += data.length;
-    } else if (!cut) {
-      parts.push(data.subarray(0, limit - size));
-      size = limit;
-      cut = true;
+/**
+ * A compiler's captured stdout or stderr: at most `limit` bytes are read (a huge one is never loaded),
+ * and a cut one ends with a note saying so.
+ */
+export async function readCapped(path: string, limit: number): Promise<Buffer> {
+  // Most are empty (a clean compile): one stat, no open.
+  if ((await stat(path)).size === 0) return Buffer.alloc(0);
+  const file = await open(path, 'r');
+  try {
+    const size = (await file.stat()).size;
+    const data = Buffer.alloc(Math.min(size, limit));
+    let got = 0;
+    while (got < data.length) {
+      const { bytesRead } = await file.read(data, got, data.length - got, got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
     }
-  });
-  return () => {
-    const out = Buffer.concat(parts);
-    return cut ? Buffer.concat([out, Buffer.from(`\nferry-worker: output cut at ${limit} bytes\n`)]) : out;
-  };
+    const read = data.subarray(0, got);
+    return size > limit ? Buffer.concat([read, Buffer.from(`\nferry-worker: output cut at ${limit} bytes\n`)]) : read;
+  } finally {
+    await file.close();
+  }
 }
 
-function runCompiler(path: string, args: string[], cwd: string, env: NodeJS.ProcessEnv, deps: CompileDeps, signal: AbortSignal): Promise<CompilerRun> {
-  return new Promise((resolve, reject) => {
-    // Its own process group: the driver's children (cc1, as) die with it instead of running on
-    // with the job directory, and holding the pipes that 'close' waits for.
-    const child = spawn(path, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-    const stdout = collect(child.stdout!, deps.limits.maxMessageBytes);
-    const stderr = collect(child.stderr!, deps.limits.maxMessageBytes);
-    let timedOut = false;
-    const kill = () => {
-      if (child.pid === undefined) return;
-      try {
-        process.kill(-child.pid, 'SIGKILL');
-      } catch (err) {
-        // ESRCH: the group is gone already, which is what we wanted.
-        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') deps.log(`cannot kill compiler group ${child.pid}: ${errorMessage(err)}`);
-      }
-    };
-    const timer = setTimeout(() => {
-      timedOut = true;
-      kill();
-    }, deps.limits.jobTimeoutMs);
-    signal.addEventListener('abort', kill, { once: true });
-    child.once('error', (err) => {
-      clearTimeout(timer);
-      // The compiler went away since the worker started (uninstalled, upgraded): the host cannot
-      // take this job, another host can.
-      reject(new JobRefused(grpc.status.UNAVAILABLE, 'compiler-failed-to-start', `cannot run ${path}: ${err.message}`, 'Reinstall the compiler or restart ferry-worker.'));
-    });
-    // 'close' fires when the process exited and its pipes are drained: no polling, no rounding.
-    child.once('close', (code, sig) => {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', kill);
-      if (timedOut) {
-        reject(
-          new JobRefused(
-            grpc.status.DEADLINE_EXCEEDED,
-            'job-timeout',
-            `compiler ran longer than ${deps.limits.jobTimeoutMs / 1000} s and was killed (job_timeout)`,
-            raiseHint('job_timeout', 'job-timeout'),
-          ),
-        );
-        return;
-      }
-      resolve({ exitCode: exitStatus(code, sig), signal: sig ?? '', stdout: stdout(), stderr: stderr() });
-    });
-  });
+/**
+ * Runs the compiler in its own process group (the driver's children, cc1 and as, die with it instead
+ * of running on with the job directory), its stdout and stderr captured in `<jobDir>/<name>.stdout`
+ * and `.stderr`.
+ */
+async function runCompiler(
+  path: string,
+  args: string[],
+  cwd: string,
+  env: NodeJS.ProcessEnv,
+  capture: { jobDir: string; name: string },
+  deps: CompileDeps,
+  signal: AbortSignal,
+): Promise<CompilerRun> {
+  const stdoutPath = join(capture.jobDir, `${capture.name}.stdout`);
+  const stderrPath = join(capture.jobDir, `${capture.name}.stderr`);
+  let run;
+  try {
+    run = await deps.exec.run(path, args, { cwd, env, stdoutPath, stderrPath, signal, timeoutMs: deps.limits.jobTimeoutMs });
+  } catch (err) {
+    if (!(err instanceof ExecError)) throw err;
+    // The job directory's disk is full: not the compiler's fault.
+    if (err.errno === 'ENOSPC' || err.errno === 'EDQUOT') diskError(err);
+    // The compiler went away since the worker started (uninstalled, upgraded): the host cannot
+    // take this job, another host can.
+    throw new JobRefused(grpc.status.UNAVAILABLE, 'compiler-failed-to-start', `cannot run ${path}: ${err.message}`, 'Reinstall the compiler or restart ferry-worker.');
+  }
+  if (run.timedOut) {
+    throw new JobRefused(
+      grpc.status.DEADLINE_EXCEEDED,
+      'job-timeout',
+      `compiler ran longer than ${deps.limits.jobTimeoutMs / 1000} s and was killed (job_timeout)`,
+      raiseHint('job_timeout', 'job-timeout'),
+    );
+  }
+  const [stdout, stderr] = await Promise.all([readCapped(stdoutPath, deps.limits.maxMessageBytes), readCapped(stderrPath, deps.limits.maxMessageBytes)]);
+  return { exitCode: run.status, signal: run.signal ?? '', stdout, stderr };
 }
 
 function compilerEnv(header: JobHeader__Output, jobDir: string): NodeJS.ProcessEnv {
@@ -500,7 +490,15 @@ async function diagnosticsWithExcerpts(
   await writeFile(input, rewriteLineMarkers(text, renames), { mode: 0o600 });
   const workDir = join(root, cwd);
   await mkdir(workDir, { recursive: true });
-  const again = await runCompiler(compilerPath, [...header.args, '-o', join(jobDir, 'excerpts.out'), input], workDir, compilerEnv(header, jobDir), deps, signal);
+  const again = await runCompiler(
+    compilerPath,
+    [...header.args, '-o', join(jobDir, 'excerpts.out'), input],
+    workDir,
+    compilerEnv(header, jobDir),
+    { jobDir, name: 'excerpts' },
+    deps,
+    signal,
+  );
   // The same compile must fail or succeed the same way; anything else and the first run stands.
   if (again.exitCode !== first.exitCode) return undefined;
   const unmirror = (b: Buffer) => Buffer.from(b.toString('utf8').split(root).join(''));
@@ -573,6 +571,7 @@ export function makeCompileHandler(deps: CompileDeps) {
           [...header.args, ...placed.extraArgs, '-o', placed.output, placed.input],
           placed.cwd,
           compilerEnv(header, jobDir),
+          { jobDir, name: 'compiler' },
           deps,
           aborter.signal,
         );

@@ -14,6 +14,7 @@ import type { WorkerLoad } from '../proto/generated/ferry/v1/WorkerLoad';
 import type { ArgPolicy } from './arg-policy';
 import type { CompilerTable } from './compilers';
 import { makeCompileHandler, type WorkerCounters, type WorkerLimits } from './compile';
+import { ExecHelper } from './exec-helper';
 import { grpcBindTarget, type ListenAddress } from './listen';
 import { Slots } from './slots';
 
@@ -29,6 +30,8 @@ export interface WorkerOptions {
   socketGroup?: string;
   /** Parent of the private job directories. */
   tmpBase?: string;
+  /** The compiler-starting helper binary (worker/exec-helper.ts finds the built one by default). */
+  execHelperPath?: string;
   log?: (line: string) => void;
 }
 
@@ -132,6 +135,9 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     'grpc.max_receive_message_length': 64 << 20,
     'grpc.max_send_message_length': 64 << 20,
   });
+  // Started now, so that a helper that cannot be used is in the log from the start.
+  const exec = new ExecHelper({ path: options.execHelperPath, log });
+  exec.start();
   server.addService(proto.ferry.v1.Worker.service, {
     Compile: makeCompileHandler({
       compilers: options.compilers,
@@ -141,6 +147,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       argPolicy: options.argPolicy ?? { allowedSysroots: [] },
       counters,
       unixSocket: options.listen.kind === 'unix',
+      exec,
       log,
     }),
     Watch: watch,
@@ -170,7 +177,10 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         ? reject(new FerryError('listen-failed', `cannot listen on ${target}: ${err.message}`, 'Is another worker running there? Choose another --listen.'))
         : resolve(boundPort),
     ),
-  );
+  ).catch(async (err: unknown) => {
+    await exec.close();
+    throw err;
+  });
   // Only the owner and its group (users allowed to submit jobs) may connect to the socket. The
   // group changes first: until chmod gives the group write access, it cannot connect.
   if (options.listen.kind === 'unix') {
@@ -179,6 +189,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       await chmod(options.listen.path, 0o660);
     } catch (err) {
       server.forceShutdown();
+      await exec.close();
       await rm(tmpRoot, { recursive: true, force: true });
       await rm(options.listen.path, { force: true });
       throw err;
@@ -195,6 +206,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       // Watch streams never end by themselves; end them so the shutdown need not wait them out.
       for (const call of watchers) call.end();
       await shutdownGracefully(server, 5000);
+      await exec.close();
       await rm(tmpRoot, { recursive: true, force: true });
       if (options.listen.kind === 'unix') await rm(options.listen.path, { force: true });
     },

@@ -209,6 +209,7 @@ describe.skipIf(!supported.ok)('the ferry-worker Debian package', () => {
       ['/etc/ferry/worker.conf', '-rw-r--r--'],
       ['/lib/systemd/system/ferry-worker.service', '-rw-r--r--'],
       ['/usr/lib/ferry-worker/dist/worker/main.js', '-rw-r--r--'],
+      ['/usr/lib/ferry-worker/dist/bin/ferry-worker-exec', '-rwxr-xr-x'],
       ['/usr/lib/ferry-worker/proto/ferry.proto', '-rw-r--r--'],
       ['/usr/lib/ferry-worker/package.json', '-rw-r--r--'],
       ['/usr/share/doc/ferry-worker/copyright', '-rw-r--r--'],
@@ -417,6 +418,10 @@ describe.skipIf(!supported.ok)('the ferry-worker Debian package', () => {
       expect(outcome.result.exitCode, outcome.result.stderr.toString()).toBe(0);
       expect(outcome.outputs[0].length).toBeGreaterThan(0);
       expect(outcome.outputs[0].equals(expected), 'the object differs from a local compile').toBe(true);
+      // The packaged exec helper started the compiler: it runs as the worker's child, and the worker did not fall back.
+      expect(workerOutput).not.toMatch(/ferry-worker-exec .*cannot be used/);
+      const children = readFileSync(`/proc/${worker.pid}/task/${worker.pid}/children`, 'utf8').trim().split(' ').filter(Boolean);
+      expect(children.map((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0])).toContain('/usr/lib/ferry-worker/dist/bin/ferry-worker-exec');
 
       // A clean stop on SIGTERM (what systemctl stop sends), leaving no socket behind.
       client.close();
