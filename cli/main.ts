@@ -8,6 +8,7 @@ import { Command } from 'commander';
 import { errorMessage } from '../proto/errors';
 import { FERRY_VERSION } from '../proto/version';
 import { classify } from '../coordinator/classify';
+import { preprocessArgs, remoteCompileArgs } from '../coordinator/preprocess';
 import { expandResponseFiles } from '../coordinator/response-file';
 import { runtimePaths, stateDir } from '../coordinator/paths';
 import { countLauncherFallbacks, StatsStore } from '../coordinator/stats';
@@ -115,8 +116,11 @@ export function buildProgram(): Command {
         const plan = decision.plan;
         process.stdout.write(
           `remote: ${plan.source} (${plan.language}${plan.preprocessed ? ', already preprocessed' : ''}) -> ${plan.output}\n` +
-            `  preprocess here: ${[plan.compiler, ...plan.cppArgs, '-E', '-fdirectives-only', plan.source].join(' ')}\n` +
-            `  compile remote:  ${[plan.compiler, ...plan.compileArgs].join(' ')}\n`,
+            `  preprocess here: ${[plan.compiler, ...preprocessArgs(plan)].join(' ')}\n` +
+            `  compile remote:  ${[plan.compiler, ...remoteCompileArgs(plan, process.cwd())].join(' ')}\n` +
+            (plan.family === 'gcc' && plan.cppMode === 'full'
+              ? '  (fully preprocessed; should the compile print anything, it is done again with -fdirectives-only for exact messages)\n'
+              : ''),
         );
       }
     });

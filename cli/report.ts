@@ -42,6 +42,7 @@ export function formatStats(stats: Stats__Output): string {
     `  preprocess errors   ${jobs.preprocessErrors}`,
     `  retried             ${jobs.retried}`,
     `  preprocessed without the driver ${jobs.preprocessedDirect ?? 0}`,
+    `  compiled again for exact messages ${jobs.exactReruns ?? 0}`,
   ];
   const reasons = Object.entries(stats.local).sort((a, b) => b[1] - a[1]);
   if (reasons.length) {

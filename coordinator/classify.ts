@@ -33,7 +33,7 @@ export type CompilerFamily = 'gcc' | 'clang';
 export interface RemotePlan {
   /** The compiler as the user named it. */
   compiler: string;
-  /** gcc preprocesses with -fdirectives-only, clang with -frewrite-includes. */
+  /** gcc preprocesses fully or with -fdirectives-only (cppMode), clang with -frewrite-includes. */
   family: CompilerFamily;
   language: Language;
   /** The source as named on the command line. */
@@ -49,6 +49,31 @@ export interface RemotePlan {
   cppArgs: string[];
   /** Arguments for the remote compile, without the source and -o. */
   compileArgs: string[];
+  /** gcc: how a job is preprocessed first (see cppModeOf); clang always rewrites includes only. */
+  cppMode: CppMode;
+}
+
+/**
+ * 'full' is plain `-E`, distcc's plain mode: the cheapest on both sides (the remote compiles
+ * expanded tokens, a third of the bytes), and it gives a local build's object unless an option
+ * records source columns. Its diagnostics can differ from a local build's (no macro context,
+ * comments gone), so a job whose full run prints anything is done again 'directives-only':
+ * `-fdirectives-only` leaves macros to the compiler, which then prints exactly what a local
+ * build prints and writes its DWARF columns (facts.md part 3).
+ */
+export type CppMode = 'full' | 'directives-only';
+
+/**
+ * Options under which only the directives-only split gives a local build's output: they record
+ * source positions with columns (debug information, coverage and profiles, sanitizers, LTO
+ * bytecode, dumps, stack-usage files, verbose assembly) or the command line, or they print
+ * analyses whose doubling would cost more than the full mode saves.
+ */
+const RECORDS_POSITIONS = /^(--coverage$|-ftest-coverage$|-fprofile-|-fauto-profile|-fsanitize=|-fdump-|-fstack-usage$|-fcallgraph-info|-flto|-fverbose-asm$|-fcompare-debug|-frecord-gcc-switches$|-fopt-info|-fanalyzer$)/;
+
+export function cppModeOf(family: CompilerFamily, args: readonly string[]): CppMode {
+  if (family !== 'gcc' || wantsDebugInfo(args) || args.some((a) => RECORDS_POSITIONS.test(a))) return 'directives-only';
+  return 'full';
 }
 
 export type Classification =
@@ -434,6 +459,8 @@ export function classify(argv: readonly string[]): Classification {
       splitDwarf,
       cppArgs,
       compileArgs,
+      // An already preprocessed source is compiled as it is: there is no other way to try.
+      cppMode: source.preprocessed ? 'directives-only' : cppModeOf(family, args),
     },
   };
 }

@@ -6,12 +6,12 @@
 import { randomBytes } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
-import { errorMessage } from '../proto/errors';
+import { errorMessage, FerryError } from '../proto/errors';
 import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchReply';
 import type { LaunchRequest__Output } from '../proto/generated/ferry/launcher/v1/LaunchRequest';
 import type { JobRecord } from '../proto/generated/ferry/coordinator/v1/JobRecord';
 import type { Slots } from '../worker/slots';
-import { classify, type RemotePlan } from './classify';
+import { classify, type CppMode, type RemotePlan } from './classify';
 import { readSourceFile, wantsColour, wantsExcerpts } from './diagnostics';
 import { expectedOutputs } from './outputs';
 import { expandResponseFiles } from './response-file';
@@ -20,7 +20,7 @@ import type { Host } from './host';
 import { removeOutput, writeAtomically } from './object-writer';
 import { hostsSource, type HostPool } from './pool';
 import type { LocalSlots } from './local-slots';
-import { preprocess, remoteCompileArgs, type AskLauncher } from './preprocess';
+import { needsExactRun, preprocess, remoteCompileArgs, usesColumnBuiltins, type AskLauncher } from './preprocess';
 import { compileRemotely, RemoteFailure, type RemoteOutcome } from './remote-compile';
 import type { Scheduler } from './scheduler';
 import type { Notices } from './notices';
@@ -195,19 +195,42 @@ async function remotePath({ request, context, ask, signal, plan, compiler, env, 
     plan.cppArgs.unshift('-fdiagnostics-color=always');
     plan.compileArgs.unshift('-fdiagnostics-color=always');
   }
-  const releaseCpp = await context.cppSlots.acquire(signal);
-  let pre;
-  const cppStarted = Date.now();
-  try {
-    pre = await preprocess(compiler.path, plan, request.cwd, join(context.preprocessDir, `${jobId}.i`), ask, {
-      templates: context.driverTemplates,
-      env,
-    });
-  } finally {
-    releaseCpp();
-  }
   const stats = context.stats.stats;
-  if (!plan.preprocessed) stats.time.preprocess += Date.now() - cppStarted;
+  /** Preprocess here (as `mode` says), then compile on some host unless preprocessing already settled it. */
+  const attempt = async (mode: CppMode) => {
+    const planned = { ...plan, cppMode: mode };
+    const releaseCpp = await context.cppSlots.acquire(signal);
+    let pre;
+    const cppStarted = Date.now();
+    try {
+      pre = await preprocess(compiler.path, planned, request.cwd, join(context.preprocessDir, `${jobId}.i`), ask, {
+        templates: context.driverTemplates,
+        env,
+      });
+    } finally {
+      releaseCpp();
+    }
+    if (!plan.preprocessed) stats.time.preprocess += Date.now() - cppStarted;
+    const columnBuiltins = mode === 'full' && pre.exitCode === 0 && usesColumnBuiltins(pre.source);
+    if (pre.exitCode !== 0 || columnBuiltins) return { pre, columnBuiltins, outcome: undefined };
+    return { pre, columnBuiltins, outcome: await compileOnSomeHost(jobId, planned, compiler, pre.source, env, request.cwd, context, signal) };
+  };
+  const userMode = env.FERRY_PREPROCESS === 'directives-only' ? 'directives-only' : plan.cppMode;
+  let run = await attempt(userMode);
+  if (
+    userMode === 'full' &&
+    needsExactRun({
+      preprocessExit: run.pre.exitCode,
+      preprocessStderr: run.pre.stderr.length,
+      columnBuiltins: run.columnBuiltins,
+      compile: run.outcome?.ok ? { exitCode: run.outcome.remote.result.exitCode, stdout: run.outcome.remote.result.stdout.length, stderr: run.outcome.remote.result.stderr.length } : undefined,
+    })
+  ) {
+    // What the user sees must be a local build's: the directives-only split gives that.
+    stats.jobs.exactReruns++;
+    run = await attempt('directives-only');
+  }
+  const { pre, outcome } = run;
   if (pre.exitCode !== 0) {
     stats.jobs.preprocessErrors++;
     context.stats.changed();
@@ -215,8 +238,7 @@ async function remotePath({ request, context, ask, signal, plan, compiler, env, 
     finish('local', 'preprocess-error', pre.exitCode);
     return done(pre.exitCode, Buffer.alloc(0), pre.stderr);
   }
-
-  const outcome = await compileOnSomeHost(jobId, plan, compiler, pre.source, env, request.cwd, context, signal);
+  if (!outcome) throw new FerryError('internal', `job ${jobId}: no compile after a clean directives-only preprocess`);
   if (!outcome.ok) return runLocally(outcome.reason, outcome.detail, outcome.detail);
   const { result, outputs } = outcome.remote;
   stats.jobs.remote++;
@@ -297,7 +319,8 @@ async function compileOnSomeHost(
     env: Object.fromEntries(Object.entries(env).filter(([name]) => REMOTE_ENV.test(name))) as Record<string, string>,
     cwd,
     // clang shows excerpts from the source it compiles, which has them; gcc reads the files.
-    sourceExcerpts: plan.family === 'gcc' && wantsExcerpts(plan.compileArgs),
+    // A full-mode run's diagnostics are replaced by an exact run's: no excerpts for them.
+    sourceExcerpts: plan.family === 'gcc' && plan.cppMode === 'directives-only' && wantsExcerpts(plan.compileArgs),
     sourcePath: plan.family === 'clang' ? plan.source : '',
   };
   const readSource = (path: string) => readSourceFile(resolve(cwd, path));

@@ -1,8 +1,9 @@
 /**
- * Preprocessing on the initiator. gcc's `-fdirectives-only` expands includes and directives but
- * leaves the source text (comments, macro uses, token positions) for the real compile, so the
- * remote compiler's diagnostics and DWARF columns match a local build (facts.md part 3). clang's
- * equivalent is `-frewrite-includes`: includes inlined, everything else left for the compile.
+ * Preprocessing on the initiator. gcc preprocesses fully (plain -E) where that gives a local
+ * build's object, or with `-fdirectives-only`, which expands includes and directives but leaves
+ * the source text (comments, macro uses, token positions) for the real compile, so the remote
+ * compiler's diagnostics and DWARF columns match a local build (facts.md part 3; see CppMode in
+ * classify.ts). clang's equivalent is `-frewrite-includes`: includes inlined, the rest left.
  */
 import { readFileSync, unlinkSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -34,12 +35,40 @@ export function remoteCompileArgs(plan: RemotePlan, cwd: string): string[] {
     const given = plan.compileArgs.some((a) => a.startsWith('-fdebug-compilation-dir') || a.startsWith('-ffile-compilation-dir'));
     return given ? plan.compileArgs : [...plan.compileArgs, `-fdebug-compilation-dir=${cwd}`];
   }
-  return plan.preprocessed ? plan.compileArgs : [...plan.compileArgs, '-fdirectives-only'];
+  // A .i made with -fdirectives-only must be compiled with it (facts.md part 3).
+  return plan.preprocessed || plan.cppMode === 'full' ? plan.compileArgs : [...plan.compileArgs, '-fdirectives-only'];
 }
 
 export function preprocessArgs(plan: RemotePlan): string[] {
-  const mode = plan.family === 'clang' ? '-frewrite-includes' : '-fdirectives-only';
-  return [...plan.cppArgs, '-E', mode, plan.source];
+  if (plan.family === 'clang') return [...plan.cppArgs, '-E', '-frewrite-includes', plan.source];
+  return plan.cppMode === 'full' ? [...plan.cppArgs, '-E', plan.source] : [...plan.cppArgs, '-E', '-fdirectives-only', plan.source];
+}
+
+/**
+ * Builtins whose value is a source column (std::source_location, __builtin_COLUMN): a fully
+ * preprocessed source moves columns, so such a job is preprocessed again with -fdirectives-only.
+ */
+export function usesColumnBuiltins(source: Buffer): boolean {
+  return source.includes('__builtin_COLUMN') || source.includes('__builtin_source_location');
+}
+
+/** What a first, fully preprocessed run showed: anything the user would see sends the job round again. */
+export interface FullRun {
+  preprocessExit: number;
+  preprocessStderr: number;
+  columnBuiltins: boolean;
+  /** Absent when the job did not reach a compiler. */
+  compile?: { exitCode: number; stdout: number; stderr: number };
+}
+
+/**
+ * Whether a job preprocessed in full must be done again with -fdirectives-only: the full mode's
+ * messages are not a local build's (macro context, comments), nor are column values. A clean run
+ * (no output, exit 0) is a local build's object as is.
+ */
+export function needsExactRun(run: FullRun): boolean {
+  if (run.preprocessExit !== 0 || run.preprocessStderr > 0 || run.columnBuiltins) return true;
+  return !!run.compile && (run.compile.exitCode !== 0 || run.compile.stdout > 0 || run.compile.stderr > 0);
 }
 
 /** Asks the launcher to run a preprocessor into a file; resolves with its exit status and stderr. */

@@ -2,7 +2,8 @@
  * One Compile call: receive the job header and the preprocessed source, wait for a slot, run the
  * allowed compiler in a private directory, stream the outputs back, remove the directory.
  */
-import { mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { FerryError, errorMessage } from '../proto/errors';
@@ -296,23 +297,24 @@ interface CompilerRun {
  * A compiler's captured stdout or stderr: at most `limit` bytes are read (a huge one is never loaded),
  * and a cut one ends with a note saying so.
  */
-export async function readCapped(path: string, limit: number): Promise<Buffer> {
-  // Most are empty (a clean compile): one stat, no open.
-  if ((await stat(path)).size === 0) return Buffer.alloc(0);
-  const file = await open(path, 'r');
+export function readCapped(path: string, limit: number): Buffer {
+  // Most are empty (a clean compile): one stat, no open. Synchronous: two small files in the job's
+  // own directory cost a few syscalls, less than the promise machinery around them.
+  const size = statSync(path).size;
+  if (size === 0) return Buffer.alloc(0);
+  const fd = openSync(path, 'r');
   try {
-    const size = (await file.stat()).size;
     const data = Buffer.alloc(Math.min(size, limit));
     let got = 0;
     while (got < data.length) {
-      const { bytesRead } = await file.read(data, got, data.length - got, got);
+      const bytesRead = readSync(fd, data, got, data.length - got, got);
       if (bytesRead === 0) break;
       got += bytesRead;
     }
     const read = data.subarray(0, got);
     return size > limit ? Buffer.concat([read, Buffer.from(`\nferry-worker: output cut at ${limit} bytes\n`)]) : read;
   } finally {
-    await file.close();
+    closeSync(fd);
   }
 }
 
@@ -351,7 +353,8 @@ async function runCompiler(
       raiseHint('job_timeout', 'job-timeout'),
     );
   }
-  const [stdout, stderr] = await Promise.all([readCapped(stdoutPath, deps.limits.maxMessageBytes), readCapped(stderrPath, deps.limits.maxMessageBytes)]);
+  const stdout = readCapped(stdoutPath, deps.limits.maxMessageBytes);
+  const stderr = readCapped(stderrPath, deps.limits.maxMessageBytes);
   return { exitCode: run.status, signal: run.signal ?? '', stdout, stderr };
 }
 
@@ -380,11 +383,13 @@ interface PlacedSource {
  */
 async function placeSource(jobDir: string, header: JobHeader__Output, source: Buffer): Promise<PlacedSource> {
   const outDir = join(jobDir, 'out');
-  for (const output of header.outputs) await mkdir(dirname(join(outDir, output.name)), { recursive: true });
+  // Synchronous, like every per-job file operation here: a few syscalls in the job's own
+  // directory cost less than the promise and thread-pool round trips around them.
+  for (const output of header.outputs) mkdirSync(dirname(join(outDir, output.name)), { recursive: true });
   if (!header.sourcePath) {
     // gcc runs where the outputs go, named as the client names them (a .dwo's name is derived from -o).
     const input = join(jobDir, `source.${SOURCE_EXTENSION[header.language]}`);
-    await writeFile(input, source, { mode: 0o600 });
+    writeFileSync(input, source, { mode: 0o600 });
     return { cwd: outDir, input, output: header.outputs[0].name, extraArgs: [] };
   }
   const root = join(jobDir, 'root');
@@ -413,16 +418,12 @@ async function sendOutputs(call: Call, header: JobHeader__Output, jobDir: string
       continue;
     }
     const path = join(jobDir, 'out', header.outputs[index].name);
-    let size: number;
-    try {
-      size = (await stat(path)).size;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        sizes.push(0);
-        continue;
-      }
-      throw err;
+    const info = statSync(path, { throwIfNoEntry: false });
+    if (!info) {
+      sizes.push(0);
+      continue;
     }
+    const size = info.size;
     // Checked before reading: an oversized object is never loaded into memory.
     if (size > deps.limits.maxOutputBytes) {
       throw new JobRefused(
@@ -432,7 +433,7 @@ async function sendOutputs(call: Call, header: JobHeader__Output, jobDir: string
         raiseHint('max_object_mb', 'max-object-mb'),
       );
     }
-    const data = await readFile(path);
+    const data = readFileSync(path);
     sizes.push(data.length);
     for (const chunk of splitIntoChunks(data)) call.write({ output: { output: index, chunk } });
   }
@@ -563,7 +564,11 @@ export function makeCompileHandler(deps: CompileDeps) {
       const release = await deps.slots.acquire(aborter.signal);
       try {
         const queuedUs = micros(queuedAt);
-        jobDir = await mkdtemp(join(deps.tmpRoot, 'job-')).catch(diskError);
+        try {
+          jobDir = mkdtempSync(join(deps.tmpRoot, 'job-'));
+        } catch (err) {
+          diskError(err);
+        }
         const placed = await placeSource(jobDir, header, source).catch(diskError);
         const compileAt = process.hrtime.bigint();
         const run = await runCompiler(
@@ -616,9 +621,12 @@ export function makeCompileHandler(deps: CompileDeps) {
       .finally(() => {
         releaseTurn?.();
         if (jobDir) {
-          rm(jobDir, { recursive: true, force: true }).catch((err: unknown) =>
-            deps.log(`could not remove ${jobDir}: ${errorMessage(err)}`),
-          );
+          try {
+            // A handful of entries (a mirror for excerpts at most): removed at once, synchronously.
+            rmSync(jobDir, { recursive: true, force: true });
+          } catch (err) {
+            deps.log(`could not remove ${jobDir}: ${errorMessage(err)}`);
+          }
         }
       });
   };

@@ -533,6 +533,12 @@ async function main() {
           `local reasons now ${JSON.stringify(stats1.local)}; see ${coordinatorLog}`);
       }
       out.bytes = { raw: stats1.bytes.sourceRaw - stats0.bytes.sourceRaw, sent: stats1.bytes.sourceSent - stats0.bytes.sourceSent };
+      // How Ferry preprocessed: without gcc's driver, and how many jobs went round twice for exact messages.
+      out.how = {
+        jobs: remote,
+        direct: (stats1.jobs.preprocessedDirect ?? 0) - (stats0.jobs.preprocessedDirect ?? 0),
+        reruns: (stats1.jobs.exactReruns ?? 0) - (stats0.jobs.exactReruns ?? 0),
+      };
       out.perHost = Object.fromEntries(Object.entries(stats1.hosts).map(([h, c]) => [h, c.jobs - (stats0.hosts[h]?.jobs ?? 0)]));
     }
     if (distccLogs) {
@@ -733,6 +739,14 @@ function report(started) {
     return cell(summary(Array.from({ length: n }, (_, i) => a[i][key] / b[i][key])), fmtRatio);
   };
   const col = (rows, mode, key, fmt) => cell(summary((rows?.[mode] ?? []).map((x) => x[key])), fmt);
+  /** Ferry's preprocessing over a workload's runs: driverless, and jobs compiled twice for exact messages. */
+  const howLine = (rows) => {
+    const h = (rows?.ferry ?? []).map((x) => x.how).filter(Boolean);
+    if (!h.length) return;
+    const sum = (k) => h.reduce((n, x) => n + x[k], 0);
+    p(`\nFerry over these runs: ${sum('jobs')} jobs; ${sum('direct')} preprocessed without gcc's driver (the cc1 command learnt for their argv shape); ` +
+      `${sum('reruns')} compiled a second time with -fdirectives-only because the fully preprocessed run printed something (\`jobs.exactReruns\`).`);
+  };
   const loadLine = (pred) => {
     const xs = (R.foreign ?? []).filter((x) => pred(x.what)).map((x) => x.foreign);
     const f = summary(xs);
@@ -824,6 +838,7 @@ function report(started) {
     }
     p(`| **ferry / distcc ssh -L** | ${ratioCell(R.small, 'wallUs')} | ${ratioCell(R.small, 'jobsPerS')} | ${ratioCell(R.small, 'initUs')} | | ${ratioCell(R.small, 'remoteUs')} | |`);
     loadLine((w) => w === '(b)');
+    howLine(R.small);
     p();
   }
 
@@ -841,6 +856,7 @@ function report(started) {
       }
       p(`| **ferry / distcc ssh -L** | ${ratioCell(R.project, 'wallUs')} | ${ratioCell(R.project, 'initUs')} | | ${ratioCell(R.project, 'remoteUs')} |`);
       loadLine((w) => w === '(c)');
+      howLine(R.project);
       const b = (R.project.ferry ?? []).map((x) => x.bytes).filter(Boolean);
       if (b.length) {
         const raw = b.reduce((s, x) => s + x.raw, 0);

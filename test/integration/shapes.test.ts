@@ -53,6 +53,32 @@ describe('ccache and masquerading', () => {
     expect(same('ccache1.o', 'local.o') && same('ccache2.o', 'local.o')).toBe(true);
   });
 
+  it('preprocesses in full by default, and again with -fdirectives-only where columns reach the object', async () => {
+    // Full preprocessing moves tokens to other columns: std::source_location (here also through
+    // a macro, as logging macros use it) would record other columns than a local build's.
+    writeFileSync(join(dir, 'loc1.cc'), '#include <source_location>\nunsigned c() {  auto l = std::source_location::current();   return l.column() + l.line(); }\n');
+    writeFileSync(join(dir, 'loc2.cc'), '#include <source_location>\n#define HERE() std::source_location::current()\nunsigned d() {  auto l =      HERE();   return l.column(); }\n');
+    await zero();
+    for (const source of ['loc1.cc', 'loc2.cc']) {
+      const result = await run(LAUNCHER, ['g++', '-O2', '-std=c++20', '-c', source, '-o', `${source}.ferry.o`], { cwd: dir, env });
+      expect(result.code, result.stderr).toBe(0);
+      execFileSync('g++', ['-O2', '-std=c++20', '-c', source, '-o', `${source}.local.o`], { cwd: dir });
+      expect(same(`${source}.ferry.o`, `${source}.local.o`), source).toBe(true);
+      // Without the second run the columns would differ: the fully preprocessed source gives another object.
+      execFileSync('sh', ['-c', `g++ -O2 -std=c++20 -E ${source} > ${source}.ii && g++ -O2 -std=c++20 -c ${source}.ii -o ${source}.full.o`], { cwd: dir });
+      expect(same(`${source}.full.o`, `${source}.local.o`), source).toBe(false);
+    }
+    const s = await stats();
+    expect(s.jobs.remote).toBe(2);
+    expect(s.jobs.exactReruns).toBe(2);
+
+    // A clean job is not compiled twice.
+    await zero();
+    const clean = await run(LAUNCHER, ['gcc', '-O2', '-c', 'x.c', '-o', 'clean.o'], { cwd: dir, env });
+    expect(clean.code, clean.stderr).toBe(0);
+    expect((await stats()).jobs.exactReruns).toBe(0);
+  });
+
   it('a symlink named gcc that points at ferry compiles remotely with the real gcc', async () => {
     await zero();
     mkdirSync(join(dir, 'masq'));
