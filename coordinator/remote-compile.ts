@@ -61,6 +61,26 @@ export function compileRemotely(client: WorkerClient, header: JobHeader, source:
     let bytesReceived = 0;
     let failure: Error | undefined;
 
+    let settled = false;
+    const settle = (outcome: () => void) => {
+      if (settled) return;
+      settled = true;
+      options.signal?.removeEventListener('abort', onAbort);
+      outcome();
+    };
+    // The result message completes the job (every output arrived before it): the status trailers
+    // that follow add nothing but a wait, so the job does not wait for them.
+    const complete = (done: JobResult__Output) => {
+      const joined = outputs.map((parts) => Buffer.concat(parts));
+      const sizes = done.outputSizes;
+      for (let i = 0; i < joined.length; i++) {
+        if (done.exitCode === 0 && joined[i].length !== (sizes[i] ?? 0)) {
+          return reject(new RemoteFailure(`output #${i} arrived with ${joined[i].length} bytes, worker said ${sizes[i]}`, undefined, true));
+        }
+      }
+      resolve({ result: done, outputs: joined, bytesSent, bytesReceived });
+    };
+
     call.on('data', (reply: CompileReply__Output) => {
       try {
         if (reply.part === 'output' && reply.output?.chunk) {
@@ -79,34 +99,31 @@ export function compileRemotely(client: WorkerClient, header: JobHeader, source:
               call.cancel();
             },
           );
-        } else if (reply.part === 'result' && reply.result) {
+        } else if (reply.part === 'result' && reply.result && !failure) {
           result = reply.result;
           call.end();
+          settle(() => complete(result!));
         }
       } catch (err) {
         failure = err as Error;
         call.cancel();
       }
     });
-    call.on('error', (err: grpc.ServiceError) => {
-      options.signal?.removeEventListener('abort', onAbort);
-      if (failure) return reject(failure);
-      if (options.signal?.aborted) return reject(new FerryError('cancelled', 'job cancelled'));
-      reject(new RemoteFailure(`worker: ${err.details || err.message}`, err.code, HOST_FAULTS.has(err.code)));
-    });
-    call.on('end', () => {
-      options.signal?.removeEventListener('abort', onAbort);
-      if (failure) return reject(failure);
-      if (!result) return reject(new RemoteFailure('worker closed the job without a result', undefined, true));
-      const joined = outputs.map((parts) => Buffer.concat(parts));
-      const sizes = result.outputSizes;
-      for (let i = 0; i < joined.length; i++) {
-        if (result.exitCode === 0 && joined[i].length !== (sizes[i] ?? 0)) {
-          return reject(new RemoteFailure(`output #${i} arrived with ${joined[i].length} bytes, worker said ${sizes[i]}`, undefined, true));
-        }
-      }
-      resolve({ result, outputs: joined, bytesSent, bytesReceived });
-    });
+    // Stays attached after the job settled: a late error (the trailers lost) must not go unhandled.
+    call.on('error', (err: grpc.ServiceError) =>
+      settle(() => {
+        if (failure) return reject(failure);
+        if (options.signal?.aborted) return reject(new FerryError('cancelled', 'job cancelled'));
+        reject(new RemoteFailure(`worker: ${err.details || err.message}`, err.code, HOST_FAULTS.has(err.code)));
+      }),
+    );
+    call.on('end', () =>
+      settle(() => {
+        if (failure) return reject(failure);
+        if (!result) return reject(new RemoteFailure('worker closed the job without a result', undefined, true));
+        complete(result);
+      }),
+    );
 
     call.write({ header });
     for (const chunk of splitIntoChunks(source)) {

@@ -621,12 +621,16 @@ export function makeCompileHandler(deps: CompileDeps) {
       .finally(() => {
         releaseTurn?.();
         if (jobDir) {
-          try {
-            // A handful of entries (a mirror for excerpts at most): removed at once, synchronously.
-            rmSync(jobDir, { recursive: true, force: true });
-          } catch (err) {
-            deps.log(`could not remove ${jobDir}: ${errorMessage(err)}`);
-          }
+          const dir = jobDir;
+          // After this turn of the event loop, so the reply's frames go out first. A handful of
+          // entries (a mirror for excerpts at most): removed at once, synchronously.
+          setImmediate(() => {
+            try {
+              rmSync(dir, { recursive: true, force: true });
+            } catch (err) {
+              deps.log(`could not remove ${dir}: ${errorMessage(err)}`);
+            }
+          });
         }
       });
   };
