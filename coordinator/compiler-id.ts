@@ -37,9 +37,23 @@ function statOrUndefined(path: string) {
   }
 }
 
+/** PATH searches of the last moments: a build asks the same one for every job (a dozen stats each). */
+const searched = new Map<string, { path: string | undefined; at: number }>();
+const SEARCH_TTL_MS = 2000;
+
 /** Finds `named` as a shell would, skipping the Ferry launcher itself. */
-export function resolveCompilerPath(named: string, cwd: string, pathVar: string): string | undefined {
+export function resolveCompilerPath(named: string, cwd: string, pathVar: string, now = Date.now()): string | undefined {
   if (named.includes('/')) return isAbsolute(named) ? named : resolve(cwd, named);
+  const key = `${named}\0${cwd}\0${pathVar}`;
+  const hit = searched.get(key);
+  if (hit && now - hit.at < SEARCH_TTL_MS) return hit.path;
+  const path = searchPath(named, cwd, pathVar);
+  if (searched.size > 256) searched.clear();
+  searched.set(key, { path, at: now });
+  return path;
+}
+
+function searchPath(named: string, cwd: string, pathVar: string): string | undefined {
   const launcher = statOrUndefined(LAUNCHER);
   for (const dir of pathVar.split(delimiter)) {
     if (!dir) continue;

@@ -18,6 +18,8 @@ import { ExecHelper } from './exec-helper';
 import { grpcBindTarget, type ListenAddress } from './listen';
 import { Slots } from './slots';
 
+/** Longest a load change waits to be sent (see watch()). */
+const WATCH_COALESCE_MS = 50;
 const WATCH_HEARTBEAT_MS = 5000;
 
 export interface WorkerOptions {
@@ -106,17 +108,17 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   const watchers = new Set<grpc.ServerWritableStream<unknown, WorkerLoad>>();
   const watch = (call: grpc.ServerWritableStream<unknown, WorkerLoad>) => {
     watchers.add(call);
-    // Changes come in bursts (a build starts 50 jobs at once): one update per tick is enough.
-    let pending = false;
+    // Every job changes the load twice, and each update costs every watching coordinator an SSH
+    // packet and a gRPC message: changes are sent at most every WATCH_COALESCE_MS. A coordinator
+    // counts its own jobs itself; this only tells it about everyone else's, a little later.
+    let pending: NodeJS.Timeout | undefined;
     const send = () => {
-      pending = false;
+      clearTimeout(pending);
+      pending = undefined;
       if (!call.cancelled && !call.destroyed) call.write(load());
     };
     const onChange = () => {
-      if (!pending) {
-        pending = true;
-        setImmediate(send);
-      }
+      pending ??= setTimeout(send, WATCH_COALESCE_MS);
     };
     slots.on('change', onChange);
     // A heartbeat, so a client notices a silent worker, and sees jobs_done move.
@@ -125,6 +127,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       watchers.delete(call);
       slots.off('change', onChange);
       clearInterval(heartbeat);
+      clearTimeout(pending);
     };
     call.once('cancelled', stop);
     call.once('close', stop);

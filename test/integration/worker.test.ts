@@ -168,6 +168,7 @@ describe('ferry-worker', () => {
   });
 
   it('streams its load to watchers: a job shows as running, then done', async () => {
+    // Load changes are sent at most every 50 ms: the job must outlast that to be seen running.
     const updates: Array<{ running: number; jobsDone: number; slots: number }> = [];
     const call = client.Watch({});
     call.on('data', (load) => updates.push(load));
@@ -175,10 +176,13 @@ describe('ferry-worker', () => {
     await new Promise((r) => setTimeout(r, 100));
     const before = updates[updates.length - 1];
     expect(before.slots).toBe(2);
-    const source = execFileSync('gcc', ['-O2', '-E', '-fdirectives-only', '-x', 'c', '-'], { input: '#include <stdio.h>\nint main(void){return puts("x");}\n' });
-    const outcome = await compileRemotely(client, header({}, source.length), source, { deadlineMs: 20_000 });
+    const slow = Array.from({ length: 1500 }, (_, i) => `int f${i}(int x) { int s = 0; for (int k = 0; k < x; k++) s += k * ${i} ^ (s >> 3); return s; }`).join('\n');
+    const source = execFileSync('gcc', ['-O2', '-E', '-fdirectives-only', '-x', 'c', '-'], { input: `#include <stdio.h>\n${slow}\nint main(void){return puts("x");}\n` });
+    const started = Date.now();
+    const outcome = await compileRemotely(client, header({}, source.length), source, { deadlineMs: 60_000 });
     expect(outcome.result.exitCode).toBe(0);
-    await new Promise((r) => setTimeout(r, 100));
+    expect(Date.now() - started).toBeGreaterThan(150);
+    await new Promise((r) => setTimeout(r, 150));
     call.cancel();
     expect(updates.some((u) => u.running === 1)).toBe(true);
     const last = updates[updates.length - 1];
