@@ -632,7 +632,7 @@ async function main() {
     compareObjects(`${what}, ${mode}`, bdir, join(W, 'b', 'ref'));
     const per = (x) => x / CFG.smallFiles;
     return {
-      wallUs: r.wallUs, initUs: per(r.initUs), remoteUs: per(r.remoteUs), jobsPerS: CFG.smallFiles / (r.wallUs / 1e6), bytes: r.bytes,
+      wallUs: r.wallUs, initUs: per(r.initUs), remoteUs: per(r.remoteUs), jobsPerS: CFG.smallFiles / (r.wallUs / 1e6), bytes: r.bytes, how: r.how,
       initDaemonUs: per(r.initDaemonUs), remoteSshdUs: per(r.remoteSshdUs),
     };
   };
@@ -652,7 +652,7 @@ async function main() {
     execFileSync('ninja', ['-C', bdir, '-t', 'clean'], { stdio: 'ignore', timeout: 60_000 });
     const r = await measure(mode, ['ninja', `-j${mode === 'local' ? NPROC : CFG.jobs}`], { cwd: bdir, envOver, expectRemote, what });
     compareObjects(`${what}, ${mode}`, bdir, builds.ref);
-    return { wallUs: r.wallUs, initUs: r.initUs, remoteUs: r.remoteUs, bytes: r.bytes, initDaemonUs: r.initDaemonUs, remoteSshdUs: r.remoteSshdUs };
+    return { wallUs: r.wallUs, initUs: r.initUs, remoteUs: r.remoteUs, bytes: r.bytes, how: r.how, initDaemonUs: r.initDaemonUs, remoteSshdUs: r.remoteSshdUs };
   };
   if (want('c') && needLeveldb) {
     phase(`(c) ${project.name}, ninja -j${CFG.jobs}`);

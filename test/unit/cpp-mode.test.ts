@@ -24,7 +24,14 @@ describe('cppModeOf', () => {
     ['gcc', ['-fverbose-asm', '-S'], 'directives-only'],
     ['gcc', ['-fanalyzer', '-c'], 'directives-only'],
     ['clang', ['-O2', '-c'], 'directives-only'],
-  ] as const)('%s %j -> %s', (family, args, mode) => expect(cppModeOf(family, args)).toBe(mode));
+  ] as const)('%s %j -> %s', (family, args, mode) => expect(cppModeOf(family, 'C', args)).toBe(mode));
+
+  it.each([
+    ['C', 'full'],
+    ['OBJC', 'full'],
+    ['CXX', 'directives-only'],
+    ['OBJCXX', 'directives-only'],
+  ] as const)('gcc %s -> %s', (language, mode) => expect(cppModeOf('gcc', language, ['-O2', '-c'])).toBe(mode));
 
   it('leaves an already preprocessed source as it is', () => {
     const c = classify(['gcc', '-O2', '-c', 'a.i']);
