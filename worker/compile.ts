@@ -2,7 +2,7 @@
  * One Compile call: receive the job header and the preprocessed source, wait for a slot, run the
  * allowed compiler in a private directory, stream the outputs back, remove the directory.
  */
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, readSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -18,6 +18,7 @@ import { diagnosticFiles, hasLocatedDiagnostics, lineMarkerPaths, mirrorPath, re
 import type { CompilerTable } from './compilers';
 import { ExecError, type ExecHelper } from './exec-helper';
 import { JobRefused } from './job-refused';
+import type { JobDirs } from './job-dirs';
 import { isLocalPeer } from './listen';
 import { Slots } from './slots';
 
@@ -73,7 +74,8 @@ export interface WorkerCounters {
 export interface CompileDeps {
   compilers: CompilerTable;
   slots: Slots;
-  tmpRoot: string;
+  /** Where jobs run: one private directory each, reused once emptied. */
+  jobDirs: JobDirs;
   limits: WorkerLimits;
   counters: WorkerCounters;
   argPolicy: ArgPolicy;
@@ -545,6 +547,7 @@ export function makeCompileHandler(deps: CompileDeps) {
     const aborter = new AbortController();
     call.once('cancelled', () => aborter.abort(new FerryError('cancelled', 'client cancelled the job')));
     let jobDir: string | undefined;
+    let completed = false;
     let jobId = '?';
     let releaseTurn: (() => void) | undefined;
     const micros = (from: bigint) => Number((process.hrtime.bigint() - from) / 1000n);
@@ -565,7 +568,7 @@ export function makeCompileHandler(deps: CompileDeps) {
       try {
         const queuedUs = micros(queuedAt);
         try {
-          jobDir = mkdtempSync(join(deps.tmpRoot, 'job-'));
+          jobDir = deps.jobDirs.take();
         } catch (err) {
           diskError(err);
         }
@@ -603,6 +606,7 @@ export function makeCompileHandler(deps: CompileDeps) {
           },
         });
         call.end();
+        completed = true;
         deps.log(`job ${jobId} ${header.sourceName || '?'}: ${header.compiler} exit ${run.exitCode} in ${(compileUs / 1000).toFixed(0)} ms`);
       } finally {
         release();
@@ -622,15 +626,9 @@ export function makeCompileHandler(deps: CompileDeps) {
         releaseTurn?.();
         if (jobDir) {
           const dir = jobDir;
-          // After this turn of the event loop, so the reply's frames go out first. A handful of
-          // entries (a mirror for excerpts at most): removed at once, synchronously.
-          setImmediate(() => {
-            try {
-              rmSync(dir, { recursive: true, force: true });
-            } catch (err) {
-              deps.log(`could not remove ${dir}: ${errorMessage(err)}`);
-            }
-          });
+          // After this turn of the event loop, so the reply's frames go out first. Only a job that
+          // ran to its end hands on its directory; any other's is removed.
+          setImmediate(() => deps.jobDirs.give(dir, completed));
         }
       });
   };

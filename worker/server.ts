@@ -15,6 +15,7 @@ import type { ArgPolicy } from './arg-policy';
 import type { CompilerTable } from './compilers';
 import { makeCompileHandler, type WorkerCounters, type WorkerLimits } from './compile';
 import { ExecHelper } from './exec-helper';
+import { JobDirs } from './job-dirs';
 import { grpcBindTarget, type ListenAddress } from './listen';
 import { Slots } from './slots';
 
@@ -101,7 +102,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   const proto = loadWorkerProto();
   const slots = new Slots(options.slots);
   const counters: WorkerCounters = { jobsDone: 0 };
-  // One private directory (0700) per worker run; each job gets its own directory below it.
+  // One private directory (0700) per worker run; each running job has its own directory below it.
   const tmpRoot = await mkdtemp(join(options.tmpBase ?? tmpdir(), 'ferry-worker-'));
 
   const load = (): WorkerLoad => ({ slots: slots.size, running: slots.inUse, queued: slots.queued, jobsDone: counters.jobsDone });
@@ -145,7 +146,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     Compile: makeCompileHandler({
       compilers: options.compilers,
       slots,
-      tmpRoot,
+      jobDirs: new JobDirs(tmpRoot, options.slots, log),
       limits: options.limits,
       argPolicy: options.argPolicy ?? { allowedSysroots: [] },
       counters,

@@ -57,8 +57,8 @@ const opts = { runs: undefined, quick: false, slots: 8, only: undefined, account
       else if (flag === '--accounting') ([v, i] = value(i), (opts.accounting = v));
       else if (flag === '--distcc-tunnel') ([v, i] = value(i), (opts.tunnel = v));
       else if (flag === '--timeout') ([v, i] = value(i), (opts.timeout = Number(v)));
-      // node --cpu-prof for the coordinator: one .cpuprofile per coordinator start, written as it
-      // stops, and its log (with --trace-gc) copied beside it.
+      // node --cpu-prof for the coordinator (its log, with --trace-gc, copied beside it) and the
+      // workers (worker-<remote>/): one .cpuprofile per process, written as it stops.
       else if (flag === '--coordinator-profile') ([v, i] = value(i), (opts.profileDir = resolve(v)));
       else if (flag === '--help' || flag === '-h') {
         console.log(USAGE);
@@ -399,7 +399,8 @@ async function main() {
     writeFileSync(join(r.dir, 'distccd-inetd'),
       `#!/bin/sh\nexec /usr/bin/distccd "$@" --nice 0 --log-file ${join(r.dir, 'distccd-inetd.log')} --log-level info\n`);
     chmodSync(join(r.dir, 'distccd-inetd'), 0o755);
-    reg('remote', 'ferry', await cluster.spawnIn(procs, r, 'ferry-worker', [process.execPath, WORKER, '--no-config', '--listen', `127.0.0.1:${WORKER_PORT}`, '--slots', String(S)], {
+    const workerProfile = opts.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(opts.profileDir, `worker-${r.name}`)}`] : [];
+    reg('remote', 'ferry', await cluster.spawnIn(procs, r, 'ferry-worker', [process.execPath, ...workerProfile, WORKER, '--no-config', '--listen', `127.0.0.1:${WORKER_PORT}`, '--slots', String(S)], {
       env: baseEnv, cgroupProcs: accounting.procs('remote', 'ferry'), log: join(r.dir, 'worker.log'), ready: /listening on/,
     }));
     // Ferry's worker does not renice its compilers; distccd renices by 5 by default, which on shared cores

@@ -5,10 +5,11 @@
  * DW_AT_comp_dir = the initiator's working directory, DW_AT_name = the source as given); the only
  * difference allowed is DW_AT_producer, which records `-fdirectives-only` (facts.md part 3).
  */
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { idleJobDirs, leftoverFiles } from '../support/job-files';
 import { compareObjects, compileUnits, debugDump } from '../support/objdiff';
 import { CLI_MAIN, LAUNCHER, ROOT, run, startProcess, WORKER_MAIN, type Started } from '../support/processes';
 
@@ -207,8 +208,7 @@ describe.skipIf(!built)('debug information of objects compiled through Ferry', (
     expect(s.hosts.w.jobs).toBe(remoteJobs);
     const logged = (worker?.output() ?? '').split('\n').filter((line) => /^job \S+ .*: g(cc|\+\+) exit 0/.test(line));
     expect(logged.length).toBe(remoteJobs);
-    // Each job's directory is gone.
-    const left = readdirSync(workerTmp, { recursive: true }).filter((name) => String(name).includes('job-'));
-    expect(left).toEqual([]);
+    // Nothing of any job is left in the worker's job directories.
+    expect(leftoverFiles(workerTmp)).toEqual([]);
   });
 });

@@ -5,12 +5,13 @@
  * from its own generator, whatever the timing), FERRY_FUZZ_MS sets the length of the run.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { compressSync } from 'lz4-napi';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { idleJobDirs, leftoverFiles } from '../support/job-files';
 import { encodeChunk } from '../../proto/chunks';
 import { loadWorkerProto } from '../../proto/load';
 import type { WorkerClient } from '../../proto/generated/ferry/v1/Worker';
@@ -280,9 +281,10 @@ describe('worker fuzzing', () => {
       load = await describeWorker();
     }
     expect(load).toMatchObject({ running: 0, queued: 0 });
-    const leftovers = () => readdirSync(tmp).flatMap((root) => readdirSync(join(tmp, root)));
-    for (let i = 0; i < 100 && leftovers().length > 0; i++) await new Promise((r) => setTimeout(r, 50));
-    expect(leftovers()).toEqual([]);
+    // Nothing of any job is left; emptied job directories wait for the next job, one per slot at most.
+    for (let i = 0; i < 100 && leftoverFiles(tmp).length > 0; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(leftoverFiles(tmp)).toEqual([]);
+    expect(idleJobDirs(tmp).length).toBeLessThanOrEqual(2);
     expect(worker.output()).not.toMatch(/could not remove|Uncaught|TypeError|RangeError/);
   }, DURATION_MS + 60_000);
 });

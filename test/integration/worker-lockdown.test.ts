@@ -3,12 +3,13 @@
  * (with a throwaway local user), the argument policy end to end, each limit, malformed streams.
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { idleJobDirs, leftoverFiles } from '../support/job-files';
 import { encodeChunk } from '../../proto/chunks';
 import { loadWorkerProto } from '../../proto/load';
 import type { WorkerClient } from '../../proto/generated/ferry/v1/Worker';
@@ -80,14 +81,14 @@ function describeWorker(client: WorkerClient): Promise<WorkerDescription__Output
 }
 
 /** Job directories left in a worker's temp area. */
-function jobDirs(worker: TestWorker): string[] {
-  return readdirSync(worker.tmp).flatMap((root) => readdirSync(join(worker.tmp, root)).map((d) => join(root, d)));
-}
-
-/** Waits (bounded) until the temp area is empty; removal follows each reply by a moment. */
+/**
+ * Waits (bounded) until nothing of any job is left in the temp area (cleaning follows each reply by
+ * a moment); emptied job directories may wait for the next job, one per slot at most.
+ */
 async function expectNoJobDirs(worker: TestWorker): Promise<void> {
-  for (let i = 0; i < 100 && jobDirs(worker).length > 0; i++) await sleep(50);
-  expect(jobDirs(worker)).toEqual([]);
+  for (let i = 0; i < 100 && leftoverFiles(worker.tmp).length > 0; i++) await sleep(50);
+  expect(leftoverFiles(worker.tmp)).toEqual([]);
+  expect(idleJobDirs(worker.tmp).length).toBeLessThanOrEqual(4);
 }
 
 async function waitFor(what: string, test: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {

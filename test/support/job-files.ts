@@ -1,0 +1,20 @@
+/**
+ * What a worker's jobs left in its temp area. Job directories are kept, emptied, for the next job
+ * (worker/job-dirs.ts): nothing of a job may remain in them, and no more may wait than slots.
+ */
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+/** Every file (not directory) under `tmp`, relative to it. */
+export function leftoverFiles(tmp: string): string[] {
+  if (!existsSync(tmp)) return [];
+  return readdirSync(tmp, { recursive: true, withFileTypes: true })
+    .filter((e) => !e.isDirectory())
+    .map((e) => join(e.parentPath ?? (e as unknown as { path: string }).path, e.name).slice(tmp.length + 1));
+}
+
+/** The job directories waiting for a job under `tmp`: <tmp>/ferry-worker-XXXX/job-XXXX. */
+export function idleJobDirs(tmp: string): string[] {
+  if (!existsSync(tmp)) return [];
+  return readdirSync(tmp).flatMap((root) => readdirSync(join(tmp, root)).map((d) => join(root, d)));
+}
