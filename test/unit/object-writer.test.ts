@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { linkSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -15,6 +15,16 @@ describe('writing outputs', () => {
     expect(readFileSync(path, 'utf8')).toBe('new object');
     expect(statSync(path).mode & 0o777).toBe(0o640);
     expect(readdirSync(dir).filter((n) => n.includes('.ferry-'))).toEqual([]);
+  });
+
+  it('never writes into the old file: a reader holding it (a hard link here) keeps the old bytes', async () => {
+    const path = join(dir, 'b.o');
+    writeFileSync(path, 'old object');
+    linkSync(path, join(dir, 'b.o.held'));
+    await writeAtomically(path, Buffer.from('new object, longer'), 0o022);
+    expect(readFileSync(path, 'utf8')).toBe('new object, longer');
+    expect(readFileSync(join(dir, 'b.o.held'), 'utf8')).toBe('old object');
+    expect(statSync(path).ino).not.toBe(statSync(join(dir, 'b.o.held')).ino);
   });
 
   it('says what to do when the directory is missing', async () => {
