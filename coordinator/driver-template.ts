@@ -157,8 +157,9 @@ export function parseDriverOutput(stderr: string): DriverCommand | undefined {
 export function instantiate(template: DriverCommand, values: readonly string[]): DriverCommand {
   const fill = (text: string) => {
     if (!text.includes(TOKEN_MARK)) return text;
-    // Highest first: QzFerry1zQ is not a prefix of QzFerry10zQ (the zQ ends each), but stay plain.
-    for (let i = values.length - 1; i >= 0; i--) text = text.split(token(i)).join(values[i]);
+    // No value holds a placeholder (shapeOf refuses such an argv), and each placeholder ends in zQ,
+    // so QzFerry1zQ never matches inside QzFerry10zQ: the order of replacement does not matter.
+    for (let i = 0; i < values.length; i++) text = text.split(token(i)).join(values[i]);
     return text;
   };
   return { argv: template.argv.map(fill), env: template.env.map(fill) };
