@@ -52,12 +52,13 @@ describe('writing outputs', () => {
 describe('sweeping after a killed coordinator not yet reaped', () => {
   it('treats a zombie writer as dead', async () => {
     const { spawn } = await import('node:child_process');
-    // `true` exits in the background; its parent becomes `sleep`, which never waits for it: a zombie
-    // whose pid still answers kill(pid, 0), like a killed daemon that init has not reaped yet.
-    const parent = spawn('sh', ['-c', 'true & echo $!; exec sleep 5'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    // A background `sleep 1` outlives its shell, which by then has become `sleep 10` and never waits
+    // for it: a zombie whose pid still answers kill(pid, 0), like a killed daemon that init has not
+    // reaped yet. (Exiting before the exec, the shell itself might reap it.)
+    const parent = spawn('sh', ['-c', 'sleep 1 & echo $!; exec sleep 10'], { stdio: ['ignore', 'pipe', 'ignore'] });
     const pid = Number(await new Promise<string>((resolve) => parent.stdout!.once('data', (d: Buffer) => resolve(d.toString()))));
     try {
-      // On a loaded machine `true` may take a while to exit: wait for the zombie, boundedly.
+      // Wait for the zombie, boundedly.
       const state = () => readFileSync(`/proc/${pid}/stat`, 'utf8');
       for (let i = 0; i < 100 && !/\) Z /.test(state()); i++) await new Promise((r) => setTimeout(r, 50));
       expect(state()).toMatch(/\) Z /);
