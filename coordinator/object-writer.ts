@@ -65,11 +65,7 @@ export async function writeAtomically(path: string, data: Buffer, umask: number)
     // A rename that replaces a file makes ext4 (auto_da_alloc) force the new file's blocks out:
     // 0.1-0.7 ms per job in a rebuild, where every object exists already. Without the old file the
     // rename is plain; the object is missing for that moment, never truncated or stale.
-    try {
-      unlinkSync(path);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    }
+    removeIfPresent(path);
     renameSync(temp, path);
   } catch (err) {
     if (fd !== undefined) closeSync(fd);
@@ -89,8 +85,13 @@ export async function writeAtomically(path: string, data: Buffer, umask: number)
  * means nothing stale from before the failure can be linked later.
  */
 export async function removeOutput(path: string): Promise<void> {
+  removeIfPresent(path);
+}
+
+/** Removes a file; one that is not there is already what was wanted. */
+export function removeIfPresent(path: string): void {
   try {
-    await unlink(path);
+    unlinkSync(path);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }

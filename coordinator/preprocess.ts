@@ -5,13 +5,14 @@
  * compiler's diagnostics and DWARF columns match a local build (facts.md part 3; see CppMode in
  * classify.ts). clang's equivalent is `-frewrite-includes`: includes inlined, the rest left.
  */
-import { readFileSync, unlinkSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchReply';
 import type { PreprocessResult__Output } from '../proto/generated/ferry/launcher/v1/PreprocessResult';
 import type { RemotePlan } from './classify';
 import type { DriverTemplates } from './driver-template';
+import { removeIfPresent } from './object-writer';
 
 export interface Preprocessed {
   exitCode: number;
@@ -26,6 +27,8 @@ export interface DirectPreprocessing {
   templates: Pick<DriverTemplates, 'commandFor'>;
   /** The job's environment: the driver's choices depend on some of it. */
   env: NodeJS.ProcessEnv;
+  /** Which build of the driver this is (LocalCompiler.fileVersion). */
+  driverVersion: string;
 }
 
 /** Flags the remote compile needs to read what the preprocessor wrote, as if it ran in `cwd`. */
@@ -92,26 +95,18 @@ export async function preprocess(
   }
   const argv = [compilerPath, ...preprocessArgs(plan)];
   try {
-    const command = plan.family === 'gcc' && direct ? direct.templates.commandFor(argv, cwd, direct.env) : undefined;
+    const command = plan.family === 'gcc' && direct ? direct.templates.commandFor(argv, cwd, direct.env, direct.driverVersion) : undefined;
     if (command) {
       const result = await ask({ action: 'PREPROCESS', preprocessArgv: command.argv, preprocessOutput: outputFile, env: command.env });
       // One read of a file just written (in the page cache): synchronous is the cheaper way.
       if (result.exitCode === 0) return { exitCode: 0, source: readFileSync(outputFile), stderr: Buffer.from(result.stderr), direct: true };
       // A failing preprocessor is shown as the driver shows it (its messages, its exit status).
-      removeFile(outputFile);
+      removeIfPresent(outputFile);
     }
     const result = await ask({ action: 'PREPROCESS', preprocessArgv: argv, preprocessOutput: outputFile });
     const source = result.exitCode === 0 ? readFileSync(outputFile) : Buffer.alloc(0);
     return { exitCode: result.exitCode, source, stderr: Buffer.from(result.stderr), direct: false };
   } finally {
-    removeFile(outputFile);
-  }
-}
-
-function removeFile(path: string): void {
-  try {
-    unlinkSync(path);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    removeIfPresent(outputFile);
   }
 }
