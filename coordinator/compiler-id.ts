@@ -19,6 +19,8 @@ export interface LocalCompiler {
   target: string;
   /** SHA-256 of the executable (through symlinks), compared when FERRY_MATCH_BINARY=1. */
   sha256: string;
+  /** The executable's size and modification time: which build of it this is, on this machine. */
+  fileVersion: string;
 }
 
 /** The launcher binary: a masquerade symlink named gcc must not be mistaken for gcc. */
@@ -73,14 +75,15 @@ export function identifyCompiler(named: string, cwd: string, pathVar: string): P
     return Promise.reject(new FerryError('compiler-not-found', `compiler "${named}" not found on PATH`, 'Check the compiler name and PATH.'));
   }
   const info = statSync(path);
-  const key = `${path}\0${info.size}\0${info.mtimeMs}`;
+  const fileVersion = `${info.size}:${info.mtimeMs}`;
+  const key = `${path}\0${fileVersion}`;
   let entry = cache.get(key);
   if (!entry) {
     entry = (async () => {
       const probe = async (args: string[]) =>
         (await execFileAsync(path, args, { timeout: 10_000, env: { PATH: pathVar, LC_ALL: 'C' } })).stdout.split('\n')[0].trim();
       const [version, target, sha256] = await Promise.all([probe(['--version']), probe(['-dumpmachine']), fileSha256(path)]);
-      return { name: basename(named), path, version, target, sha256 };
+      return { name: basename(named), path, version, target, sha256, fileVersion };
     })();
     entry.catch(() => cache.delete(key));
     cache.set(key, entry);

@@ -7,7 +7,6 @@
  * jobs of that shape. Anything the learning does not recognise keeps the driver.
  */
 import { execFile } from 'node:child_process';
-import { statSync } from 'node:fs';
 import { basename, extname } from 'node:path';
 
 /** Placeholder names: letters and digits only, so `-###` prints them unquoted and they never merge. */
@@ -205,22 +204,16 @@ export class DriverTemplates {
   /**
    * The command to run instead of `argv` (the driver's `-E` command line), or undefined to run the
    * driver. `cwd` and `env` are the job's: the driver resolves paths and reads variables from them.
+   * `driverVersion` tells builds of the driver apart (LocalCompiler.fileVersion): an upgrade learns anew.
    */
-  commandFor(argv: readonly string[], cwd: string, env: NodeJS.ProcessEnv): DriverCommand | undefined {
+  commandFor(argv: readonly string[], cwd: string, env: NodeJS.ProcessEnv, driverVersion: string): DriverCommand | undefined {
     const shape = shapeOf(argv);
     if (!shape) return undefined;
-    let identity: string;
-    try {
-      const info = statSync(argv[0]);
-      identity = `${info.size}:${info.mtimeMs}:${info.ino}`;
-    } catch {
-      return undefined; // The compiler is gone: the driver's own run reports it.
-    }
     const driverEnv = Object.keys(env)
       .filter((k) => DRIVER_ENV.test(k))
       .sort()
       .map((k) => `${k}=${env[k]}`);
-    const key = JSON.stringify([identity, cwd, driverEnv, shape.tokenArgv]);
+    const key = JSON.stringify([driverVersion, cwd, driverEnv, shape.tokenArgv]);
     let entry = this.entries.get(key);
     if (!entry) {
       if (this.entries.size >= this.capacity) this.entries.delete(this.entries.keys().next().value as string);
@@ -229,7 +222,7 @@ export class DriverTemplates {
     }
     entry.seen++;
     if (entry.settled) return instantiate(entry.settled, shape.values);
-    if (entry.settled === undefined && !entry.template && entry.seen >= 2) {
+    if (!entry.template && entry.seen >= 2) {
       const learning = this.learn(shape, argv, cwd, env);
       entry.template = learning;
       const target = entry;

@@ -206,6 +206,7 @@ async function remotePath({ request, context, ask, signal, plan, compiler, env, 
       pre = await preprocess(compiler.path, planned, request.cwd, join(context.preprocessDir, `${jobId}.i`), ask, {
         templates: context.driverTemplates,
         env,
+        driverVersion: compiler.fileVersion,
       });
     } finally {
       releaseCpp();

@@ -96,15 +96,17 @@ describe('DriverTemplates', () => {
   it('learns a shape from its second job, in the background, and fills in later jobs', async () => {
     const driver = fakeDriver(cc1Line);
     const templates = new DriverTemplates(driver.run);
-    expect(templates.commandFor(argvFor('a.c'), '/w', {})).toBeUndefined();
+    expect(templates.commandFor(argvFor('a.c'), '/w', {}, 'v1')).toBeUndefined();
     expect(driver.calls).toHaveLength(0);
-    expect(templates.commandFor(argvFor('b.c'), '/w', {})).toBeUndefined();
+    expect(templates.commandFor(argvFor('b.c'), '/w', {}, 'v1')).toBeUndefined();
     await templates.whenLearnt();
     expect(driver.calls).toHaveLength(2);
-    expect(templates.commandFor(argvFor('c.c'), '/w', {})).toEqual({ argv: ['/usr/lib/gcc/x86_64-linux-gnu/12/cc1', '-E', '-quiet', 'c.c', '-O2'], env: [] });
+    expect(templates.commandFor(argvFor('c.c'), '/w', {}, 'v1')).toEqual({ argv: ['/usr/lib/gcc/x86_64-linux-gnu/12/cc1', '-E', '-quiet', 'c.c', '-O2'], env: [] });
     // Another working directory, another driver environment: other shapes.
-    expect(templates.commandFor(argvFor('c.c'), '/elsewhere', {})).toBeUndefined();
-    expect(templates.commandFor(argvFor('c.c'), '/w', { GCC_EXEC_PREFIX: '/opt/' })).toBeUndefined();
+    expect(templates.commandFor(argvFor('c.c'), '/elsewhere', {}, 'v1')).toBeUndefined();
+    expect(templates.commandFor(argvFor('c.c'), '/w', { GCC_EXEC_PREFIX: '/opt/' }, 'v1')).toBeUndefined();
+    // Another build of the driver (an upgrade): another shape.
+    expect(templates.commandFor(argvFor('c.c'), '/w', {}, 'v2')).toBeUndefined();
     expect(templates.learnt).toBe(1);
   });
 
@@ -113,14 +115,14 @@ describe('DriverTemplates', () => {
     const driver = fakeDriver((argv) => ` /usr/lib/cc1 -E ${argv[argv.length - 1]} -aux ${argv[argv.length - 1].toUpperCase()}\n`);
     const lines: string[] = [];
     const templates = new DriverTemplates(driver.run, (line) => lines.push(line));
-    templates.commandFor(argvFor('a.c'), '/w', {});
-    templates.commandFor(argvFor('b.c'), '/w', {});
+    templates.commandFor(argvFor('a.c'), '/w', {}, 'v1');
+    templates.commandFor(argvFor('b.c'), '/w', {}, 'v1');
     await templates.whenLearnt();
-    expect(templates.commandFor(argvFor('c.c'), '/w', {})).toBeUndefined();
+    expect(templates.commandFor(argvFor('c.c'), '/w', {}, 'v1')).toBeUndefined();
     expect(templates.refused).toBe(1);
     expect(lines.join('\n')).toMatch(/keeps gcc's driver/);
     // Refused once: no more driver runs for that shape.
-    templates.commandFor(argvFor('d.c'), '/w', {});
+    templates.commandFor(argvFor('d.c'), '/w', {}, 'v1');
     await templates.whenLearnt();
     expect(driver.calls).toHaveLength(2);
   });
@@ -130,10 +132,10 @@ describe('DriverTemplates', () => {
     const templates = new DriverTemplates(async () => {
       throw new Error('spawn /usr/bin/gcc ENOENT');
     }, (line) => lines.push(line));
-    templates.commandFor(argvFor('a.c'), '/w', {});
-    templates.commandFor(argvFor('b.c'), '/w', {});
+    templates.commandFor(argvFor('a.c'), '/w', {}, 'v1');
+    templates.commandFor(argvFor('b.c'), '/w', {}, 'v1');
     await templates.whenLearnt();
-    expect(templates.commandFor(argvFor('c.c'), '/w', {})).toBeUndefined();
+    expect(templates.commandFor(argvFor('c.c'), '/w', {}, 'v1')).toBeUndefined();
     expect(lines.join('\n')).toMatch(/ENOENT/);
   });
 });
@@ -194,12 +196,12 @@ describe('learnt commands against gcc -E', () => {
       const obj = `obj/${src.split('/').pop()}.o`;
       return [compiler, ...args(source, obj), '-E', '-fdirectives-only', source];
     };
-    expect(templates.commandFor(argvOf(sources[0]), dir, env)).toBeUndefined();
-    expect(templates.commandFor(argvOf(sources[1]), dir, env)).toBeUndefined();
+    expect(templates.commandFor(argvOf(sources[0]), dir, env, 'gcc-12')).toBeUndefined();
+    expect(templates.commandFor(argvOf(sources[1]), dir, env, 'gcc-12')).toBeUndefined();
     await templates.whenLearnt();
     expect(templates.learnt).toBe(1);
     const argv = argvOf(sources[2]);
-    const command = templates.commandFor(argv, dir, env)!;
+    const command = templates.commandFor(argv, dir, env, 'gcc-12')!;
     expect(command.argv[0]).toMatch(/\/cc1(plus)?$/);
     expect(command.argv).toContain(argv[argv.length - 1]);
 
@@ -223,10 +225,10 @@ describe('learnt commands against gcc -E', () => {
     const templates = new DriverTemplates(runDriver);
     const a = ['/usr/bin/gcc', '-Iinc', '-Wl,-z,now', '-E', '-fdirectives-only', 'src/one.c'];
     // Linker options with -E: the driver may warn about them, which the learnt command would lose.
-    templates.commandFor(a, dir, env);
-    templates.commandFor([...a.slice(0, -1), 'src/two.c'], dir, env);
+    templates.commandFor(a, dir, env, 'gcc-12');
+    templates.commandFor([...a.slice(0, -1), 'src/two.c'], dir, env, 'gcc-12');
     await templates.whenLearnt();
-    const learnt = templates.commandFor([...a.slice(0, -1), 'src/three.part.c'], dir, env);
+    const learnt = templates.commandFor([...a.slice(0, -1), 'src/three.part.c'], dir, env, 'gcc-12');
     // Either the driver printed nothing but the command (then the command must match gcc -E), or it kept the driver.
     if (learnt) {
       const viaDriver = runInto([...a.slice(0, -1), 'src/three.part.c'], [], join(dir, 'd2.i'));
@@ -234,6 +236,6 @@ describe('learnt commands against gcc -E', () => {
     } else {
       expect(templates.refused).toBe(1);
     }
-    expect(templates.commandFor(['/usr/bin/gcc', '-save-temps', '-E', 'src/one.c'], dir, env)).toBeUndefined();
+    expect(templates.commandFor(['/usr/bin/gcc', '-save-temps', '-E', 'src/one.c'], dir, env, 'gcc-12')).toBeUndefined();
   });
 });

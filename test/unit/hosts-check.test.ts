@@ -17,8 +17,8 @@ import {
 import { parseHostEntry } from '../../coordinator/hosts';
 import type { WorkerDescription__Output } from '../../proto/generated/ferry/v1/WorkerDescription';
 
-const gcc = { name: 'gcc', path: '/usr/bin/gcc', version: 'gcc (Debian 12.2.0-14) 12.2.0', target: 'x86_64-linux-gnu', sha256: 'a1' };
-const clang = { name: 'clang', path: '/usr/bin/clang', version: 'Debian clang version 14.0.6', target: 'x86_64-pc-linux-gnu', sha256: 'b2' };
+const gcc = { name: 'gcc', path: '/usr/bin/gcc', version: 'gcc (Debian 12.2.0-14) 12.2.0', target: 'x86_64-linux-gnu', sha256: 'a1', fileVersion: '1:1' };
+const clang = { name: 'clang', path: '/usr/bin/clang', version: 'Debian clang version 14.0.6', target: 'x86_64-pc-linux-gnu', sha256: 'b2', fileVersion: '1:1' };
 
 function description(compilers: Array<{ name: string; version: string; target: string; sha256: string }>): WorkerDescription__Output {
   return { version: '0.1.0', hostname: 'b1', slots: 8, running: 0, queued: 0, jobsDone: 0, compilers: compilers.map((c) => ({ path: `/usr/bin/${c.name}`, ...c })) };

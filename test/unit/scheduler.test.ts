@@ -74,8 +74,8 @@ describe('Scheduler', () => {
 describe('compiler identity', () => {
   it('matches on version and target, and on the binary only when asked', async () => {
     const { compilerMatches } = await import('../../coordinator/host');
-    const local = { name: 'gcc', path: '/usr/bin/gcc', version: 'gcc (Debian 12.2.0-14) 12.2.0', target: 'x86_64-linux-gnu', sha256: 'aa' };
-    const remote = { name: 'gcc', path: '/usr/bin/gcc', version: local.version, target: local.target, sha256: 'bb' };
+    const local = { name: 'gcc', path: '/usr/bin/gcc', version: 'gcc (Debian 12.2.0-14) 12.2.0', target: 'x86_64-linux-gnu', sha256: 'aa', fileVersion: '1:1' };
+    const remote = { name: 'gcc', path: '/usr/bin/gcc', version: local.version, target: local.target, sha256: 'bb', fileVersion: '1:1' };
     expect(compilerMatches(local, remote)).toBe(true);
     expect(compilerMatches(local, remote, true)).toBe(false);
     expect(compilerMatches(local, { ...remote, sha256: 'aa' }, true)).toBe(true);
