@@ -1,6 +1,6 @@
 /**
  * One Compile call: receive the job header and the preprocessed source, wait for a slot, run the
- * allowed compiler in a private directory, stream the outputs back, remove the directory.
+ * allowed compiler in a private directory, stream the outputs back, hand the directory on emptied.
  */
 import { closeSync, mkdirSync, openSync, readFileSync, readSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -96,10 +96,14 @@ const SOURCE_EXTENSION: Record<Language__Output, string> = {
   OBJCXX: 'mii',
 };
 
+function isDiskFull(err: unknown): boolean {
+  const code = err instanceof ExecError ? err.errno : (err as NodeJS.ErrnoException).code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
+}
+
 /** A full disk is the host's trouble, not the job's: UNAVAILABLE sends the job to another host. */
 function diskError(err: unknown): never {
-  const code = err instanceof ExecError ? err.errno : (err as NodeJS.ErrnoException).code;
-  if (code === 'ENOSPC' || code === 'EDQUOT') {
+  if (isDiskFull(err)) {
     throw new JobRefused(grpc.status.UNAVAILABLE, 'disk-full', `the worker's disk is full (${(err as Error).message})`, 'Free space in the worker\'s tmpdir.');
   }
   throw err;
@@ -342,7 +346,7 @@ async function runCompiler(
   } catch (err) {
     if (!(err instanceof ExecError)) throw err;
     // The job directory's disk is full: not the compiler's fault.
-    if (err.errno === 'ENOSPC' || err.errno === 'EDQUOT') diskError(err);
+    if (isDiskFull(err)) diskError(err);
     // The compiler went away since the worker started (uninstalled, upgraded): the host cannot
     // take this job, another host can.
     throw new JobRefused(grpc.status.UNAVAILABLE, 'compiler-failed-to-start', `cannot run ${path}: ${err.message}`, 'Reinstall the compiler or restart ferry-worker.');

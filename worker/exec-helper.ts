@@ -127,9 +127,7 @@ export function errnoName(number: number): string {
 
 /** The shell-style status of an "exited" reply: the code, or 128 + the signal number. */
 export function statusOfExit(code: number | null, signalNumber: number | null): number {
-  if (code !== null) return code;
-  const name = signalName(signalNumber ?? 0);
-  return name in osConstants.signals ? exitStatus(null, name as NodeJS.Signals) : 128 + (signalNumber ?? 0);
+  return code ?? 128 + (signalNumber ?? 0);
 }
 
 /** How a process ended, for a log line: "killed by SIGKILL", "exited with status 2". */
