@@ -19,17 +19,11 @@ run(bin('tsc'), ['-p', 'tsconfig.json']);
 
 mkdirSync(join(root, 'dist', 'bin'), { recursive: true });
 const cc = process.env.CC || 'cc';
+const cflags = ['-O2', '-Wall', '-Wextra', '-std=c11', '-D_GNU_SOURCE'];
 // The launcher execs this node for `ferry <subcommand>` and to start the coordinator.
-run(cc, [
-  '-O2', '-Wall', '-Wextra', '-std=c11', '-D_GNU_SOURCE',
-  `-DFERRY_NODE="${process.execPath}"`,
-  '-o', join('dist', 'bin', 'ferry'), join('cli', 'native', 'launcher.c'),
-]);
+run(cc, [...cflags, `-DFERRY_NODE="${process.execPath}"`, '-o', join('dist', 'bin', 'ferry'), join('cli', 'native', 'launcher.c')]);
 // The worker starts its compilers through this (worker/exec-helper.ts looks for it in dist/bin).
-run(cc, [
-  '-O2', '-Wall', '-Wextra', '-std=c11', '-D_GNU_SOURCE',
-  '-o', join('dist', 'bin', 'ferry-worker-exec'), join('worker', 'native', 'exec-helper.c'),
-]);
+run(cc, [...cflags, '-o', join('dist', 'bin', 'ferry-worker-exec'), join('worker', 'native', 'exec-helper.c')]);
 const workerEntry = join(root, 'dist', 'bin', 'ferry-worker');
 writeFileSync(workerEntry, "#!/usr/bin/env node\nrequire('../worker/main.js');\n");
 chmodSync(workerEntry, 0o755);

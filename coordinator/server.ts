@@ -272,8 +272,9 @@ export function signalReady(): void {
 }
 
 /**
- * Whether ssh2 found its optional native AES-GCM binding (see cli/build.mjs): without it every SSH packet is encrypted through a new JS cipher object, about
- * 0.5 ms more coordinator CPU per job (npm run bench, (b)).
+ * Whether ssh2 found its optional native AES-GCM binding (see cli/build.mjs): without it every SSH
+ * packet is encrypted through a new JS cipher object, about 0.5 ms more coordinator CPU per job
+ * (npm run bench, (b)).
  */
 export function sshCryptoNote(): string {
   const crypto = require('ssh2/lib/protocol/crypto.js') as { bindingAvailable?: boolean };
