@@ -1,6 +1,6 @@
 // `npm run bench`: Ferry against distcc on the same simulated cluster, measured side by side.
 //   npm run bench [-- --runs N] [--quick] [--slots N] [--only a,b,c,d,scaling,rss] [--accounting proc]
-//                 [--distcc-tunnel session|plain] [--timeout SECONDS]
+//                 [--modes ferry,distcc-L,distcc-ssh,local] [--distcc-tunnel session|plain] [--timeout SECONDS]
 // Needs root (network namespaces, cgroups), `npm run build`, distcc + distccd, ccache, cmake, ninja,
 // openssh-server, iproute2. Prints markdown tables and writes them to test/bench/results/latest.md.
 //
@@ -37,8 +37,9 @@ const NPROC = availableParallelism();
 // Options
 // ---------------------------------------------------------------------------------------------
 const USAGE = 'usage: npm run bench -- [--runs N] [--quick] [--slots N] [--only a,b,c,d,scaling,rss] [--accounting proc] ' +
-  '[--distcc-tunnel session|plain] [--timeout SECONDS] [--coordinator-profile DIR]';
-const opts = { runs: undefined, quick: false, slots: 8, only: undefined, accounting: 'auto', tunnel: 'session', timeout: undefined, profileDir: undefined };
+  '[--modes ferry,distcc-L,distcc-ssh,local] [--distcc-tunnel session|plain] [--timeout SECONDS] [--coordinator-profile DIR] [--node-flags "FLAGS"]';
+const ALL_MODES = ['ferry', 'distcc-L', 'distcc-ssh', 'local'];
+const opts = { runs: undefined, quick: false, slots: 8, only: undefined, modes: undefined, accounting: 'auto', tunnel: 'session', timeout: undefined, profileDir: undefined, nodeFlags: [] };
 {
   const argv = process.argv.slice(2);
   const value = (i) => {
@@ -54,12 +55,16 @@ const opts = { runs: undefined, quick: false, slots: 8, only: undefined, account
       else if (flag === '--runs') ([v, i] = value(i), (opts.runs = Number(v)));
       else if (flag === '--slots') ([v, i] = value(i), (opts.slots = Number(v)));
       else if (flag === '--only') ([v, i] = value(i), (opts.only = new Set(v.split(','))));
+      // Fewer modes for a quicker look at one of them (the ratios need ferry and distcc-L).
+      else if (flag === '--modes') ([v, i] = value(i), (opts.modes = new Set(v.split(','))));
       else if (flag === '--accounting') ([v, i] = value(i), (opts.accounting = v));
       else if (flag === '--distcc-tunnel') ([v, i] = value(i), (opts.tunnel = v));
       else if (flag === '--timeout') ([v, i] = value(i), (opts.timeout = Number(v)));
       // node --cpu-prof for the coordinator (its log, with --trace-gc, copied beside it) and the
       // workers (worker-<remote>/): one .cpuprofile per process, written as it stops.
       else if (flag === '--coordinator-profile') ([v, i] = value(i), (opts.profileDir = resolve(v)));
+      // More node flags for the coordinator and the workers, e.g. --perf-basic-prof for `perf record`.
+      else if (flag === '--node-flags') ([v, i] = value(i), (opts.nodeFlags = v.split(/\s+/).filter(Boolean)));
       else if (flag === '--help' || flag === '-h') {
         console.log(USAGE);
         process.exit(0);
@@ -72,6 +77,7 @@ const opts = { runs: undefined, quick: false, slots: 8, only: undefined, account
     if (!['auto', 'cgroup', 'proc'].includes(opts.accounting)) throw new Error('--accounting must be cgroup or proc');
     if (!['session', 'plain'].includes(opts.tunnel)) throw new Error('--distcc-tunnel must be session or plain');
     if (!(opts.timeout > 0)) throw new Error('--timeout must be a positive number of seconds');
+    for (const m of opts.modes ?? []) if (!ALL_MODES.includes(m)) throw new Error(`--modes: unknown mode ${m}`);
     for (const p of opts.only ?? []) if (!['a', 'b', 'c', 'd', 'scaling', 'rss'].includes(p)) throw new Error(`--only: unknown part ${p}`);
   } catch (err) {
     console.error(`bench: ${err.message}\n${USAGE}`);
@@ -399,7 +405,7 @@ async function main() {
     writeFileSync(join(r.dir, 'distccd-inetd'),
       `#!/bin/sh\nexec /usr/bin/distccd "$@" --nice 0 --log-file ${join(r.dir, 'distccd-inetd.log')} --log-level info\n`);
     chmodSync(join(r.dir, 'distccd-inetd'), 0o755);
-    const workerProfile = opts.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(opts.profileDir, `worker-${r.name}`)}`] : [];
+    const workerProfile = [...opts.nodeFlags, ...(opts.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(opts.profileDir, `worker-${r.name}`)}`] : [])];
     reg('remote', 'ferry', await cluster.spawnIn(procs, r, 'ferry-worker', [process.execPath, ...workerProfile, WORKER, '--no-config', '--listen', `127.0.0.1:${WORKER_PORT}`, '--slots', String(S)], {
       env: baseEnv, cgroupProcs: accounting.procs('remote', 'ferry'), log: join(r.dir, 'worker.log'), ready: /listening on/,
     }));
@@ -458,7 +464,7 @@ async function main() {
   let coordinatorStarts = 0;
   async function startCoordinator() {
     coordinatorLog = join(tmp, `coordinator-${++coordinatorStarts}.log`);
-    const profile = opts.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.profileDir}`, '--trace-gc'] : [];
+    const profile = [...opts.nodeFlags, ...(opts.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.profileDir}`, '--trace-gc'] : [])];
     // The heap flag the launcher starts the coordinator with (COORDINATOR_HEAP_FLAG in launcher.c).
     coordinator = await procs.daemon('ferry coordinator', [process.execPath, '--initial-old-space-size=64', ...profile, CLI, 'coordinator', '--foreground'], {
       env: env.ferry(), cgroupProcs: accounting.procs('initiator', 'ferry'), log: coordinatorLog, ready: /listening on/,
@@ -520,6 +526,8 @@ async function main() {
       Object.entries(s1.remote).reduce((sum, [l, v]) => sum + v - s0.remote[l], 0);
     const foreign = Math.max(0, (m1 - m0 - ours) / (wallUs * NPROC));
     (results.foreign ??= []).push({ what, foreign });
+    // One line per measurement, so a long run shows progress and how each run went.
+    say(`  ${what} ${mode}: wall ${fmtS(wallUs)}, initiator CPU ${fmtS(initUs)} (daemons ${fmtS(initUs - jobsUs)}), remote CPU ${fmtS(remoteUs)}`);
     const out = {
       wallUs, initUs, remoteUs, walls: r.walls, clientUs: r.childCpuUs, ownUs: r.ownUs.reduce((a, b) => a + b, 0), foreign,
       // The build's own process tree against the mode's long-lived processes, on each side.
@@ -555,9 +563,11 @@ async function main() {
     }
     return out;
   }
-  const rotate = (xs, k) => xs.map((_, i) => xs[(i + k) % xs.length]);
+  const rotate = (all, k) => {
+    const xs = all.filter((m) => !opts.modes || opts.modes.has(m));
+    return xs.map((_, i) => xs[(i + k) % xs.length]);
+  };
   const record = (key, mode, value) => (((results[key] ??= {})[mode] ??= []).push(value));
-  const MODE_ORDER = ['ferry', 'distcc-L', 'distcc-ssh', 'local'];
 
   // Warm-up: every mode compiles once (connections up, caches warm, the distcc paths proven).
   await ferryHostsUp(2);
@@ -599,7 +609,7 @@ async function main() {
   if (want('a')) {
     phase('(a) one job at a time');
     for (let run = 0; run < opts.runs; run++) {
-      for (const mode of rotate(MODE_ORDER, run)) {
+      for (const mode of rotate(ALL_MODES, run)) {
         const dir = join(W, 'a', mode);
         mkdirSync(dir, { recursive: true });
         const t = await measure(mode, [...MODES[mode].cc('gcc'), '-O2', '-c', 'hello.c', '-o', `${mode}/hello.o`],
