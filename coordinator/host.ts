@@ -18,6 +18,7 @@ import type { HostSpec } from './hosts';
 import { resolveSshTarget } from './ssh-config';
 import { connectSsh } from './ssh-connection';
 import { openTunnel, type Tunnel } from './tunnel';
+import { WorkerJobs } from './remote-compile';
 
 export type HostState = 'new' | 'connecting' | 'up' | 'down';
 
@@ -56,6 +57,8 @@ export class Host {
   lastError?: string;
   description?: WorkerDescription__Output;
   client?: WorkerClient;
+  /** The stream this host's jobs go over. */
+  jobs?: WorkerJobs;
   inUse = 0;
   jobsDone = 0;
   failures = 0;
@@ -173,6 +176,8 @@ export class Host {
     this.watch = undefined;
     this.load = undefined;
     watch?.cancel();
+    this.jobs?.close();
+    this.jobs = undefined;
     this.client?.close();
     this.client = undefined;
     const tunnel = this.tunnel;
@@ -213,6 +218,7 @@ export class Host {
       target = `unix://${this.tunnel.path}`;
     }
     this.client = new proto.ferry.v1.Worker(target, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+    this.jobs = new WorkerJobs(this.client);
     this.description = await this.describe();
     this.startWatch(this.client);
   }

@@ -21,7 +21,7 @@ import { removeOutput, writeAtomically } from './object-writer';
 import { hostsSource, type HostPool } from './pool';
 import type { LocalSlots } from './local-slots';
 import { needsExactRun, preprocess, remoteCompileArgs, usesColumnBuiltins, type AskLauncher } from './preprocess';
-import { compileRemotely, RemoteFailure, type RemoteOutcome } from './remote-compile';
+import { RemoteFailure, type RemoteOutcome } from './remote-compile';
 import type { Scheduler } from './scheduler';
 import type { Notices } from './notices';
 import type { StatsStore } from './stats';
@@ -339,8 +339,8 @@ async function compileOnSomeHost(
     const started = Date.now();
     host.running.set(header.jobId, { source: plan.source, started });
     try {
-      if (!host.client) throw new RemoteFailure(`${host.name} lost its connection`, undefined, true);
-      const remote = await compileRemotely(host.client, header, source, { deadlineMs: REMOTE_DEADLINE_MS, signal, readSource });
+      if (!host.jobs) throw new RemoteFailure(`${host.name} lost its connection`, undefined, true);
+      const remote = await host.jobs.compile(header, source, { deadlineMs: REMOTE_DEADLINE_MS, signal, readSource });
       host.jobsDone++;
       return { ok: true, remote, host, millis: Date.now() - started };
     } catch (err) {

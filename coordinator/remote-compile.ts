@@ -1,6 +1,7 @@
 /**
- * The client side of one Compile call: stream the header and the LZ4-compressed source, collect
- * the output chunks and the result.
+ * The client side of a worker's Jobs stream (ferry.proto): one long-lived stream per host carries
+ * every job, each as its header, its LZ4-compressed source and its end, tagged with a number; the
+ * replies are routed back by that number. A job costs its messages, not a gRPC call.
  */
 import * as grpc from '@grpc/grpc-js';
 import { decodeChunk, encodeChunk, splitIntoChunks } from '../proto/chunks';
@@ -9,6 +10,7 @@ import type { WorkerClient } from '../proto/generated/ferry/v1/Worker';
 import type { JobHeader } from '../proto/generated/ferry/v1/JobHeader';
 import type { SourceFile } from '../proto/generated/ferry/v1/SourceFile';
 import type { JobResult__Output } from '../proto/generated/ferry/v1/JobResult';
+import type { CompileRequest } from '../proto/generated/ferry/v1/CompileRequest';
 import type { CompileReply__Output } from '../proto/generated/ferry/v1/CompileReply';
 
 export interface RemoteOutcome {
@@ -50,87 +52,125 @@ async function sourceFiles(paths: string[], read: RemoteOptions['readSource']): 
   );
 }
 
-export function compileRemotely(client: WorkerClient, header: JobHeader, source: Buffer, options: RemoteOptions): Promise<RemoteOutcome> {
-  return new Promise((resolve, reject) => {
-    const call = client.Compile({ deadline: Date.now() + options.deadlineMs });
-    const onAbort = () => call.cancel();
-    options.signal?.addEventListener('abort', onAbort, { once: true });
-    const outputs: Buffer[][] = (header.outputs ?? []).map(() => []);
-    let result: JobResult__Output | undefined;
-    let bytesSent = 0;
-    let bytesReceived = 0;
-    let failure: Error | undefined;
+type Stream = grpc.ClientDuplexStream<CompileRequest, CompileReply__Output>;
 
-    let settled = false;
-    const settle = (outcome: () => void) => {
-      if (settled) return;
-      settled = true;
-      options.signal?.removeEventListener('abort', onAbort);
-      outcome();
-    };
-    // The result message completes the job (every output arrived before it): the status trailers
-    // that follow add nothing but a wait, so the job does not wait for them.
-    const complete = (done: JobResult__Output) => {
-      const joined = outputs.map((parts) => Buffer.concat(parts));
-      const sizes = done.outputSizes;
-      for (let i = 0; i < joined.length; i++) {
-        if (done.exitCode === 0 && joined[i].length !== (sizes[i] ?? 0)) {
-          return reject(new RemoteFailure(`output #${i} arrived with ${joined[i].length} bytes, worker said ${sizes[i]}`, undefined, true));
-        }
-      }
-      resolve({ result: done, outputs: joined, bytesSent, bytesReceived });
-    };
+/** One job in flight: its replies, and what ends it when the stream goes. */
+interface PendingJob {
+  reply(reply: CompileReply__Output): void;
+  lost(failure: RemoteFailure): void;
+}
 
-    call.on('data', (reply: CompileReply__Output) => {
-      try {
-        if (reply.part === 'output' && reply.output?.chunk) {
-          const slot = outputs[reply.output.output];
-          if (!slot) throw new RemoteFailure(`worker sent output #${reply.output.output}, which the job did not ask for`, undefined, true);
-          bytesReceived += reply.output.chunk.data.length;
-          slot.push(decodeChunk(reply.output.chunk));
-        } else if (reply.part === 'wanted' && reply.wanted) {
-          void sourceFiles(reply.wanted.paths, options.readSource).then(
-            (files) => {
-              call.write({ files: { files } });
-              call.end();
-            },
-            (err: unknown) => {
-              failure = err as Error;
-              call.cancel();
-            },
-          );
-        } else if (reply.part === 'result' && reply.result && !failure) {
-          result = reply.result;
-          call.end();
-          settle(() => complete(result!));
+/** The jobs of one worker connection. Opened at the first job; a stream that fails fails its jobs, and the next job opens another. */
+export class WorkerJobs {
+  private stream?: Stream;
+  private readonly pending = new Map<number, PendingJob>();
+  private nextNumber = 1;
+
+  constructor(private readonly client: WorkerClient) {}
+
+  /** Jobs in flight on this connection. */
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  private open(): Stream {
+    if (this.stream) return this.stream;
+    const stream = this.client.Jobs();
+    this.stream = stream;
+    stream.on('data', (reply: CompileReply__Output) => this.pending.get(reply.job)?.reply(reply));
+    stream.on('error', (err: grpc.ServiceError) =>
+      this.lost(stream, new RemoteFailure(`worker: ${err.details || err.message}`, err.code, HOST_FAULTS.has(err.code))));
+    stream.on('end', () => this.lost(stream, new RemoteFailure('the worker ended its job stream', grpc.status.UNAVAILABLE, true)));
+    return stream;
+  }
+
+  private lost(stream: Stream, failure: RemoteFailure): void {
+    if (this.stream === stream) this.stream = undefined;
+    for (const job of [...this.pending.values()]) job.lost(failure);
+  }
+
+  /** Ends the stream; jobs still in flight fail as a lost connection's would. */
+  close(): void {
+    const stream = this.stream;
+    if (!stream) return;
+    this.lost(stream, new RemoteFailure('the connection to the worker was closed', grpc.status.UNAVAILABLE, true));
+    stream.cancel();
+  }
+
+  compile(header: JobHeader, source: Buffer, options: RemoteOptions): Promise<RemoteOutcome> {
+    const stream = this.open();
+    const job = this.nextNumber++;
+    return new Promise((resolve, reject) => {
+      const outputs: Buffer[][] = (header.outputs ?? []).map(() => []);
+      let bytesSent = 0;
+      let bytesReceived = 0;
+
+      const finish = (outcome: () => void) => {
+        if (!this.pending.delete(job)) return;
+        clearTimeout(timer);
+        options.signal?.removeEventListener('abort', onAbort);
+        outcome();
+      };
+      /** Stops the job at the worker too. */
+      const stop = (err: Error) =>
+        finish(() => {
+          if (this.stream === stream) stream.write({ job, cancel: {} });
+          reject(err);
+        });
+      const onAbort = () => stop(new FerryError('cancelled', 'job cancelled'));
+      const timer = setTimeout(
+        () => stop(new RemoteFailure(`worker: no result within ${options.deadlineMs / 1000} s`, grpc.status.DEADLINE_EXCEEDED, true)),
+        options.deadlineMs,
+      );
+      // Every output arrived before the result.
+      const complete = (done: JobResult__Output) => {
+        const joined = outputs.map((parts) => Buffer.concat(parts));
+        const sizes = done.outputSizes;
+        for (let i = 0; i < joined.length; i++) {
+          if (done.exitCode === 0 && joined[i].length !== (sizes[i] ?? 0)) {
+            return stop(new RemoteFailure(`output #${i} arrived with ${joined[i].length} bytes, worker said ${sizes[i]}`, undefined, true));
+          }
         }
-      } catch (err) {
-        failure = err as Error;
-        call.cancel();
+        finish(() => resolve({ result: done, outputs: joined, bytesSent, bytesReceived }));
+      };
+
+      this.pending.set(job, {
+        reply: (reply) => {
+          try {
+            if (reply.part === 'output' && reply.output?.chunk) {
+              const slot = outputs[reply.output.output];
+              if (!slot) throw new RemoteFailure(`worker sent output #${reply.output.output}, which the job did not ask for`, undefined, true);
+              bytesReceived += reply.output.chunk.data.length;
+              slot.push(decodeChunk(reply.output.chunk));
+            } else if (reply.part === 'wanted' && reply.wanted) {
+              sourceFiles(reply.wanted.paths, options.readSource).then(
+                (files) => {
+                  if (this.pending.has(job) && this.stream === stream) stream.write({ job, files: { files } });
+                },
+                (err: unknown) => stop(err as Error),
+              );
+            } else if (reply.part === 'result' && reply.result) {
+              complete(reply.result);
+            } else if (reply.part === 'error' && reply.error) {
+              const { code, details } = reply.error;
+              finish(() => reject(new RemoteFailure(`worker: ${details}`, code, HOST_FAULTS.has(code))));
+            }
+          } catch (err) {
+            stop(err as Error);
+          }
+        },
+        lost: (failure) => finish(() => reject(failure)),
+      });
+      if (options.signal?.aborted) return onAbort();
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+
+      stream.write({ job, header });
+      for (const chunk of splitIntoChunks(source)) {
+        bytesSent += (chunk.data as Buffer).length;
+        stream.write({ job, source: chunk });
       }
+      // The job stays open: the worker may still ask for source files (SourcesWanted).
+      stream.write({ job, end: { totalSize: source.length } });
     });
-    // Stays attached after the job settled: a late error (the trailers lost) must not go unhandled.
-    call.on('error', (err: grpc.ServiceError) =>
-      settle(() => {
-        if (failure) return reject(failure);
-        if (options.signal?.aborted) return reject(new FerryError('cancelled', 'job cancelled'));
-        reject(new RemoteFailure(`worker: ${err.details || err.message}`, err.code, HOST_FAULTS.has(err.code)));
-      }),
-    );
-    call.on('end', () =>
-      settle(() => {
-        if (failure) return reject(failure);
-        if (!result) return reject(new RemoteFailure('worker closed the job without a result', undefined, true));
-        complete(result);
-      }),
-    );
-
-    call.write({ header });
-    for (const chunk of splitIntoChunks(source)) {
-      bytesSent += (chunk.data as Buffer).length;
-      call.write({ source: chunk });
-    }
-    // The request side stays open: the worker may still ask for source files (SourcesWanted).
-    call.write({ end: { totalSize: source.length } });
-  });
+  }
 }

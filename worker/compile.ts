@@ -1,6 +1,7 @@
 /**
- * One Compile call: receive the job header and the preprocessed source, wait for a slot, run the
- * allowed compiler in a private directory, stream the outputs back, hand the directory on emptied.
+ * One job of a Jobs stream: receive the job header and the preprocessed source, wait for a slot,
+ * run the allowed compiler in a private directory, stream the outputs back, hand the directory on
+ * emptied.
  */
 import { closeSync, mkdirSync, openSync, readFileSync, readSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -10,7 +11,6 @@ import { FerryError, errorMessage } from '../proto/errors';
 import { decodeChunk, splitIntoChunks } from '../proto/chunks';
 import type { CompileRequest__Output } from '../proto/generated/ferry/v1/CompileRequest';
 import type { SourceFile__Output } from '../proto/generated/ferry/v1/SourceFile';
-import type { CompileReply } from '../proto/generated/ferry/v1/CompileReply';
 import type { JobHeader__Output } from '../proto/generated/ferry/v1/JobHeader';
 import type { Language__Output } from '../proto/generated/ferry/v1/Language';
 import { checkJobArgs, type ArgPolicy } from './arg-policy';
@@ -19,7 +19,7 @@ import type { CompilerTable } from './compilers';
 import { ExecError, type ExecHelper } from './exec-helper';
 import { JobRefused } from './job-refused';
 import type { JobDirs } from './job-dirs';
-import { isLocalPeer } from './listen';
+import type { JobCall } from './job-stream';
 import { Slots } from './slots';
 
 export interface WorkerLimits {
@@ -56,7 +56,7 @@ function raiseHint(key: string, flag: string): string {
   return `Raise ${key} in the worker's worker.conf (or ferry-worker --${flag}), or compile this file locally.`;
 }
 
-/** A client's string, cut for a message: statuses travel in HTTP/2 trailers, which have a size limit. */
+/** A client's string, cut for a message and the log: a refusal names it, it need not carry all of it. */
 function shorten(text: string): string {
   return text.length > 200 ? `${text.slice(0, 200)}…` : text;
 }
@@ -79,14 +79,12 @@ export interface CompileDeps {
   limits: WorkerLimits;
   counters: WorkerCounters;
   argPolicy: ArgPolicy;
-  /** Listening on a Unix socket (peers have no address to check). */
-  unixSocket: boolean;
   /** Starts the compilers. */
   exec: ExecHelper;
   log: (line: string) => void;
 }
 
-type Call = grpc.ServerDuplexStream<CompileRequest__Output, CompileReply>;
+type Call = JobCall;
 
 const SOURCE_EXTENSION: Record<Language__Output, string> = {
   LANGUAGE_UNSPECIFIED: '',
@@ -286,7 +284,6 @@ function receiveJob(call: Call, deps: CompileDeps, signal: AbortSignal): Promise
     };
     call.on('data', onData);
     call.once('end', onEnd);
-    call.once('error', finish);
     if (signal.aborted) onAbort();
     else signal.addEventListener('abort', onAbort, { once: true });
   });
@@ -513,36 +510,19 @@ async function diagnosticsWithExcerpts(
 }
 
 /**
- * The HTTP/2 session (one client connection) a call came on. grpc-js does not expose it, and a
- * call's peer string is the same for every connection to a Unix socket, so this walks the call's
- * wrappers (ServerDuplexStreamImpl.call -> ServerInterceptingCall.nextCall -> .stream) of the
- * grpc-js version package.json pins. It fails loudly rather than let the per-connection cap lapse.
+ * The handler of one job. max_jobs_per_connection: a connection's jobs over its cap wait for its
+ * earlier jobs rather than fail. A coordinator sends as many jobs as the slots it was told (/N),
+ * which can exceed the cap, and a refusal would make it compile those jobs locally. A waiting job
+ * is held before its source is read, and it stays out of the shared slot queue, so other clients'
+ * jobs are not stuck behind one client's surplus. Its cancellation still ends it.
  */
-export function http2SessionOf(call: object): object {
-  let node = call as { call?: unknown; nextCall?: unknown; stream?: { session?: object } } | undefined;
-  for (let depth = 0; node && depth < 8; depth++) {
-    if (node.stream?.session) return node.stream.session;
-    node = (node.call ?? node.nextCall) as typeof node;
-  }
-  throw new FerryError('internal', "cannot find a call's HTTP/2 session: @grpc/grpc-js internals changed", 'Install the @grpc/grpc-js version package.json names.');
-}
-
-export function makeCompileHandler(deps: CompileDeps) {
-  /*
-   * max_jobs_per_connection: calls over a connection's cap wait for its earlier jobs rather than
-   * fail. A coordinator opens as many calls as the slots it was told (/N), which can exceed the
-   * cap, and a refusal would make it compile those jobs locally. A waiting call is parked before
-   * its source is read (HTTP/2 flow control keeps the bytes at the client), so it costs one idle
-   * stream, and it stays out of the shared slot queue, so other clients' jobs are not stuck behind
-   * one client's surplus. Its deadline and cancellation still end it.
-   */
+export function makeJobHandler(deps: CompileDeps) {
   const turns = new WeakMap<object, Slots>();
   const turnsOf = (call: Call): Slots => {
-    const session = http2SessionOf(call);
-    let slots = turns.get(session);
+    let slots = turns.get(call.connection);
     if (!slots) {
       slots = new Slots(deps.limits.maxJobsPerConnection);
-      turns.set(session, slots);
+      turns.set(call.connection, slots);
     }
     return slots;
   };
@@ -552,19 +532,15 @@ export function makeCompileHandler(deps: CompileDeps) {
     call.once('cancelled', () => aborter.abort(new FerryError('cancelled', 'client cancelled the job')));
     let jobDir: string | undefined;
     let completed = false;
-    let jobId = '?';
+    let jobId = `#${call.number}`;
     let releaseTurn: (() => void) | undefined;
     const micros = (from: bigint) => Number((process.hrtime.bigint() - from) / 1000n);
 
     (async () => {
-      // On a Unix socket the file's permissions decide who connects; on TCP only loopback peers.
-      if (!deps.unixSocket && !isLocalPeer(call.getPeer())) {
-        throw new JobRefused(grpc.status.PERMISSION_DENIED, 'not-local', `refusing a job from ${call.getPeer()}: only local clients are served`);
-      }
       releaseTurn = await turnsOf(call).acquire(aborter.signal);
       const started = process.hrtime.bigint();
       const { header, source } = await receiveJob(call, deps, aborter.signal);
-      jobId = header.jobId || '?';
+      jobId = header.jobId || jobId;
       const receiveUs = micros(started);
       const compiler = deps.compilers.byName.get(header.compiler)!;
       const queuedAt = process.hrtime.bigint();
@@ -624,7 +600,7 @@ export function makeCompileHandler(deps: CompileDeps) {
         const status = err instanceof JobRefused ? err.status : grpc.status.INTERNAL;
         const details = err instanceof FerryError ? err.describe() : errorMessage(err);
         deps.log(`job ${jobId} refused: ${details.replace(/\n/g, ' ')}`);
-        call.emit('error', { code: status, details });
+        call.fail(status, details);
       })
       .finally(() => {
         releaseTurn?.();

@@ -13,15 +13,18 @@ import type { WorkerDescription } from '../proto/generated/ferry/v1/WorkerDescri
 import type { WorkerLoad } from '../proto/generated/ferry/v1/WorkerLoad';
 import type { ArgPolicy } from './arg-policy';
 import type { CompilerTable } from './compilers';
-import { makeCompileHandler, type WorkerCounters, type WorkerLimits } from './compile';
+import { makeJobHandler, type WorkerCounters, type WorkerLimits } from './compile';
 import { ExecHelper } from './exec-helper';
 import { JobDirs } from './job-dirs';
-import { grpcBindTarget, type ListenAddress } from './listen';
+import { http2SessionOf, serveJobStream, type JobsStream } from './job-stream';
+import { grpcBindTarget, isLocalPeer, type ListenAddress } from './listen';
 import { Slots } from './slots';
 
 /** Longest a load change waits to be sent (see watch()). */
 const WATCH_COALESCE_MS = 50;
 const WATCH_HEARTBEAT_MS = 5000;
+/** Jobs open at once on one stream: far more than any host has slots. */
+const MAX_OPEN_JOBS = 4096;
 
 export interface WorkerOptions {
   listen: ListenAddress;
@@ -142,18 +145,27 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   // Started now, so that a helper that cannot be used is in the log from the start.
   const exec = new ExecHelper({ path: options.execHelperPath, log });
   exec.start();
+  const handleJob = makeJobHandler({
+    compilers: options.compilers,
+    slots,
+    jobDirs: new JobDirs(tmpRoot, options.slots, log),
+    limits: options.limits,
+    argPolicy: options.argPolicy ?? { allowedSysroots: [] },
+    counters,
+    exec,
+    log,
+  });
+  const streamLimits = { maxHeldBytes: options.limits.maxCompressedSourceBytes, maxOpenJobs: MAX_OPEN_JOBS };
   server.addService(proto.ferry.v1.Worker.service, {
-    Compile: makeCompileHandler({
-      compilers: options.compilers,
-      slots,
-      jobDirs: new JobDirs(tmpRoot, options.slots, log),
-      limits: options.limits,
-      argPolicy: options.argPolicy ?? { allowedSysroots: [] },
-      counters,
-      unixSocket: options.listen.kind === 'unix',
-      exec,
-      log,
-    }),
+    Jobs: (call: JobsStream) => {
+      // On a Unix socket the file's permissions decide who connects; on TCP only loopback peers.
+      if (options.listen.kind !== 'unix' && !isLocalPeer(call.getPeer())) {
+        log(`refused a job stream from ${call.getPeer()}: only local clients are served`);
+        call.emit('error', { code: grpc.status.PERMISSION_DENIED, details: `refusing jobs from ${call.getPeer()}: only local clients are served` });
+        return;
+      }
+      serveJobStream(call, http2SessionOf(call), streamLimits, handleJob);
+    },
     Watch: watch,
     Describe: (
       _call: grpc.ServerUnaryCall<unknown, WorkerDescription>,

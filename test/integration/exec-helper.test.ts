@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { leftoverFiles } from '../support/job-files';
-import { compileRemotely } from '../../coordinator/remote-compile';
+import { compileOnce } from '../support/jobs';
 import { loadWorkerProto } from '../../proto/load';
 import { ExecError, ExecHelper, encodeRequest, type RunOptions } from '../../worker/exec-helper';
 import { JobRefused } from '../../worker/job-refused';
@@ -406,7 +406,7 @@ describe('the worker', () => {
     try {
       const source = Buffer.from('# 1 "x.c"\nint x = 1;\n');
       const gccVersion = execFileSync('gcc', ['--version'], { encoding: 'utf8' }).split('\n')[0];
-      const outcome = await compileRemotely(
+      const outcome = await compileOnce(
         client,
         { jobId: 'exec', compiler: 'gcc', compilerVersion: gccVersion, args: ['-O2', '-c'], language: 'C', outputs: [{ kind: 'OBJECT', name: 'x.o' }], sourceSize: source.length, sourceName: 'x.c' },
         source,

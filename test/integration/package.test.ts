@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { compileRemotely } from '../../coordinator/remote-compile';
+import { compileOnce } from '../support/jobs';
 import { loadWorkerProto } from '../../proto/load';
 import type { WorkerClient } from '../../proto/generated/ferry/v1/Worker';
 import type { WorkerDescription__Output } from '../../proto/generated/ferry/v1/WorkerDescription';
@@ -400,7 +400,7 @@ describe.skipIf(!supported.ok)('the ferry-worker Debian package', () => {
         await mustChroot(chroot, ['gcc', '-O2', '-c', '/tmp/hello.c', '-o', '/tmp/local.o']);
         expected = readFileSync(join(chroot, 'tmp/local.o'));
       }
-      const outcome = await compileRemotely(
+      const outcome = await compileOnce(
         client,
         {
           jobId: 'package-test',

@@ -1,7 +1,7 @@
 /**
- * Random and mutated Compile streams against a real worker, for a bounded time: it must never
- * crash, every call must end with a status before its deadline, and its temp area must be empty
- * at the end. The seed is printed; FERRY_FUZZ_SEED=<n> makes the same mutations (call i is drawn
+ * Random and mutated Jobs streams against a real worker, for a bounded time: it must never
+ * crash, every job must end (a result, a JobError, or its stream's status) before its deadline,
+ * and its temp area must be empty at the end. The seed is printed; FERRY_FUZZ_SEED=<n> makes the same mutations (call i is drawn
  * from its own generator, whatever the timing), FERRY_FUZZ_MS sets the length of the run.
  */
 import { execFileSync } from 'node:child_process';
@@ -63,7 +63,7 @@ interface Plan {
   messages: CompileRequest[];
   /** Raw bytes sent as messages (not a CompileRequest at all). */
   raw?: Buffer[];
-  finish: 'end' | 'open' | { cancelAfterMs: number };
+  finish: 'end' | 'open' | { cancelAfterMs: number; byMessage: boolean };
   /** Answer to SourcesWanted, when the worker asks. */
   answer?: (paths: string[]) => CompileRequest;
 }
@@ -138,7 +138,24 @@ const MUTATIONS: Record<string, (rng: Rng) => Plan> = {
     const job = validJob(rng);
     return { kind: 'truncated', messages: job.slice(0, rng.int(job.length)), finish: rng.pick(['end', 'open'] as const) };
   },
-  cancelled: (rng) => ({ kind: 'cancelled', messages: validJob(rng), finish: { cancelAfterMs: rng.int(300) } }),
+  cancelled: (rng) => ({ kind: 'cancelled', messages: validJob(rng), finish: { cancelAfterMs: rng.int(300), byMessage: rng.chance(0.5) } }),
+  // Several jobs on the stream: job numbers that are odd, reused, or interleaved with job 1's messages.
+  numbering: (rng) => {
+    const messages: CompileRequest[] = validJob(rng);
+    for (let i = 0; i < 1 + rng.int(6); i++) {
+      const job = rng.pick([0, 1, 2, 3, 2 ** 32 - 1]);
+      const part = rng.pick([...validJob(rng), { cancel: {} }, { files: { files: [] } }, {}]);
+      messages.splice(rng.int(messages.length + 1), 0, { ...part, job });
+    }
+    return { kind: 'numbering', messages, finish: rng.pick(['end', 'open'] as const) };
+  },
+  // Two good jobs whose messages interleave: both must compile.
+  interleaved: (rng) => {
+    const [a, b] = [validJob(rng), validJob(rng).map((m) => ({ ...m, job: 2 }))];
+    const messages: CompileRequest[] = [];
+    while (a.length || b.length) messages.push(((rng.chance(0.5) && a.length) || !b.length ? a : b).shift()!);
+    return { kind: 'interleaved', messages, finish: 'end' };
+  },
   'random-args': (rng) => {
     const args = Array.from({ length: rng.int(8) }, () => rng.pick(ARG_POOL));
     return { kind: 'random-args', messages: validJob(rng, GOOD_SOURCE, { args }), finish: 'end' };
@@ -160,35 +177,54 @@ const MUTATIONS: Record<string, (rng: Rng) => Plan> = {
   }),
 };
 
-/** Runs one plan; resolves with the status, or 'HANG' when no status came in time. */
+/**
+ * Runs one plan on a Jobs stream of its own; resolves with how its job 1 ended: OK (a result), a
+ * JobError's code, the stream's status when the stream ended first (CANCELLED when the plan
+ * cancelled the job), or 'HANG' when nothing came in time.
+ */
 function execute(plan: Plan, client: WorkerClient, raw: grpc.Client): Promise<{ status: string; details: string }> {
   return new Promise((resolve) => {
     const deadline = Date.now() + CALL_DEADLINE_MS;
     // Both kinds of call take any message here: the raw one bytes, the other CompileRequests.
     const call = (
       plan.raw
-        ? raw.makeBidiStreamRequest('/ferry.v1.Worker/Compile', (b: Buffer) => b, (b: Buffer) => b, new grpc.Metadata(), { deadline })
-        : client.Compile({ deadline })
+        ? raw.makeBidiStreamRequest('/ferry.v1.Worker/Jobs', (b: Buffer) => b, (b: Buffer) => b, new grpc.Metadata(), { deadline })
+        : client.Jobs({ deadline })
     ) as grpc.ClientDuplexStream<any, any>;
-    const guard = setTimeout(() => {
-      resolve({ status: 'HANG', details: '' });
-      call.cancel();
-    }, CALL_DEADLINE_MS + HANG_MARGIN_MS);
-    call.on('status', (status: grpc.StatusObject) => {
+    let cancelled = false;
+    let settled = false;
+    const settle = (status: string, details: string) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(guard);
-      resolve({ status: grpc.status[status.code], details: status.details });
-    });
+      resolve({ status, details });
+      call.cancel();
+    };
+    const guard = setTimeout(() => settle('HANG', ''), CALL_DEADLINE_MS + HANG_MARGIN_MS);
+    call.on('status', (status: grpc.StatusObject) =>
+      settle(cancelled && status.code === grpc.status.OK ? 'CANCELLED' : grpc.status[status.code], status.details));
     call.on('error', () => undefined); // the status is what is counted
     call.on('data', (reply: CompileReply__Output | Buffer) => {
-      const wanted = !Buffer.isBuffer(reply) && reply.part === 'wanted' ? reply.wanted : undefined;
-      if (wanted && plan.answer) {
-        call.write(plan.answer(wanted.paths));
-        call.end();
-      }
+      if (Buffer.isBuffer(reply) || reply.job !== 1) return;
+      if (reply.part === 'result') settle('OK', '');
+      else if (reply.part === 'error' && reply.error) settle(grpc.status[reply.error.code] ?? String(reply.error.code), reply.error.details);
+      else if (reply.part === 'wanted' && reply.wanted && plan.answer) call.write({ job: 1, ...plan.answer(reply.wanted.paths) });
     });
-    for (const message of plan.raw ?? plan.messages) call.write(message);
+    for (const message of plan.raw ?? plan.messages.map((m) => ({ job: 1, ...m }))) call.write(message);
     if (plan.finish === 'end') call.end();
-    else if (plan.finish !== 'open') setTimeout(() => call.cancel(), plan.finish.cancelAfterMs);
+    else if (plan.finish !== 'open') {
+      const { cancelAfterMs, byMessage } = plan.finish;
+      setTimeout(() => {
+        cancelled = true;
+        // A Cancel message stops the job alone; the half-close then ends the stream, idle.
+        if (byMessage) {
+          call.write({ job: 1, cancel: {} });
+          call.end();
+        } else {
+          call.cancel();
+        }
+      }, cancelAfterMs);
+    }
   });
 }
 
@@ -269,6 +305,7 @@ describe('worker fuzzing', () => {
     expect(internal).toEqual([]);
     // Every well-formed job compiled, whatever ran beside it.
     expect([...(byKind.get('valid') ?? new Map()).keys()]).toEqual(['OK']);
+    expect([...(byKind.get('interleaved') ?? new Map()).keys()]).toEqual(['OK']);
     expect(iterations).toBeGreaterThan(50);
 
     // Still alive and answering, idle, and nothing left behind.

@@ -16,7 +16,8 @@ import type { WorkerClient } from '../../proto/generated/ferry/v1/Worker';
 import type { JobHeader } from '../../proto/generated/ferry/v1/JobHeader';
 import type { CompileRequest } from '../../proto/generated/ferry/v1/CompileRequest';
 import type { WorkerDescription__Output } from '../../proto/generated/ferry/v1/WorkerDescription';
-import { compileRemotely, RemoteFailure } from '../../coordinator/remote-compile';
+import { RemoteFailure } from '../../coordinator/remote-compile';
+import { compileOnce, rawJob } from '../support/jobs';
 import { ROOT, run, startProcess, WORKER_MAIN, type Started } from '../support/processes';
 
 const gccVersion = execFileSync('gcc', ['--version'], { encoding: 'utf8' }).split('\n')[0];
@@ -114,20 +115,8 @@ function header(overrides: Partial<JobHeader> = {}, size = 0): JobHeader {
   };
 }
 
-/** Sends raw request messages (ending the stream unless `keepOpen`) and returns the status the call ends with. */
-function rawCall(client: WorkerClient, messages: CompileRequest[], options: { keepOpen?: boolean; deadlineMs?: number } = {}): Promise<grpc.StatusObject> {
-  return new Promise((resolve) => {
-    const call = client.Compile({ deadline: Date.now() + (options.deadlineMs ?? 20_000) });
-    call.on('data', () => undefined);
-    call.on('status', resolve);
-    call.on('error', () => undefined); // the status carries it
-    for (const m of messages) call.write(m);
-    if (!options.keepOpen) call.end();
-  });
-}
-
 async function compileError(client: WorkerClient, h: JobHeader, source: Buffer): Promise<RemoteFailure> {
-  const error = await compileRemotely(client, h, source, { deadlineMs: 30_000 }).then(
+  const error = await compileOnce(client, h, source, { deadlineMs: 30_000 }).then(
     (outcome) => new Error(`expected a refusal, got exit ${outcome.result.exitCode}`),
     (e: unknown) => e,
   );
@@ -273,7 +262,7 @@ describe('argument policy, end to end', () => {
   });
 
   it('accepts a sysroot that allowed_sysroots lists', async () => {
-    const outcome = await compileRemotely(sysrootWorker.client, header({ args: ['-c', '--sysroot=/'] }, source.length), source, { deadlineMs: 30_000 });
+    const outcome = await compileOnce(sysrootWorker.client, header({ args: ['-c', '--sysroot=/'] }, source.length), source, { deadlineMs: 30_000 });
     expect(outcome.result.exitCode).toBe(0);
     expect(outcome.outputs[0].length).toBeGreaterThan(0);
     const other = await compileError(sysrootWorker.client, header({ args: ['-c', '--sysroot', '/opt'] }, source.length), source);
@@ -302,13 +291,13 @@ describe('limits', () => {
     // Random bytes do not compress: 3 MiB go on the wire as 3 MiB.
     const noise = randomBytes(3 << 20);
     const chunks = [0, 1, 2].map((i) => ({ source: encodeChunk(noise.subarray(i << 20, (i + 1) << 20)) }));
-    const status = await rawCall(worker.client, [{ header: header({}, noise.length) }, ...chunks, { end: { totalSize: noise.length } }]);
+    const status = await rawJob(worker.client, [{ header: header({}, noise.length) }, ...chunks, { end: { totalSize: noise.length } }]);
     expect(status.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
     expect(status.details).toMatch(/source as sent passed this worker's limit of 1 MiB \(max_compressed_source_mb\)/);
     // A compressible source of the same size is within the limit.
     const text = execFileSync('gcc', ['-E', '-x', 'c', '-'], { maxBuffer: 64 << 20, input: Array.from({ length: 60_000 }, (_, i) => `int v${i} = ${i};`).join('\n') });
     expect(text.length).toBeGreaterThan(1 << 20);
-    const outcome = await compileRemotely(worker.client, header({}, text.length), text, { deadlineMs: 60_000 });
+    const outcome = await compileOnce(worker.client, header({}, text.length), text, { deadlineMs: 60_000 });
     expect(outcome.result.exitCode).toBe(0);
     await expectNoJobDirs(worker);
   });
@@ -339,26 +328,53 @@ describe('limits', () => {
   it('ends a job whose source stops arriving after job_timeout', async () => {
     const worker = await startWorker('stall', 'job_timeout = 1');
     const before = Date.now();
-    const status = await rawCall(worker.client, [{ header: header({}, 100) }], { keepOpen: true });
+    const status = await rawJob(worker.client, [{ header: header({}, 100) }], { keepOpen: true });
     expect(status.code).toBe(grpc.status.DEADLINE_EXCEEDED);
     expect(status.details).toMatch(/the job's source did not arrive within 1 s \(job_timeout\)/);
     expect(Date.now() - before).toBeLessThan(10_000);
+  });
+
+  it('ends a stream whose waiting jobs hold more than max_compressed_source_mb', async () => {
+    const worker = await startWorker('held', 'slots = 2\nmax_jobs_per_connection = 1\nmax_compressed_source_mb = 1\njob_timeout = 120', ['--allow', 'g++']);
+    const slow = header({ compiler: 'g++', compilerVersion: gxxVersion, language: 'CXX', args: SLOW_ARGS }, SLOW_CXX.length);
+    // Job 2 waits for job 1's turn, so its source is held: two chunks of noise, 1.4 MiB together.
+    const noise = randomBytes(1400 << 10);
+    const status = await rawJob(worker.client, [
+      { header: slow }, { source: encodeChunk(SLOW_CXX) }, { end: { totalSize: SLOW_CXX.length } },
+      { job: 2, header: header({}, noise.length) },
+      { job: 2, source: encodeChunk(noise.subarray(0, 700 << 10)) },
+      { job: 2, source: encodeChunk(noise.subarray(700 << 10)) },
+    ], { keepOpen: true });
+    expect(status).toMatchObject({ from: 'stream', code: grpc.status.RESOURCE_EXHAUSTED });
+    expect(status.details).toMatch(/jobs waiting for their turn hold more than 1048576 bytes/);
+    // Both jobs stopped with their stream: the slow compile is not left running.
+    await waitFor('the worker to be idle', async () => (await describeWorker(worker.client)).running === 0);
+    await expectNoJobDirs(worker);
   });
 
   it('makes jobs over max_jobs_per_connection wait for their own connection, not others', async () => {
     const worker = await startWorker('per-connection', 'slots = 2\nmax_jobs_per_connection = 1\njob_timeout = 120', ['--allow', 'g++']);
     const first = newClient(worker.socket, true);
     const second = newClient(worker.socket, true);
-    const slowJob = (client: WorkerClient) => {
-      const call = client.Compile({ deadline: Date.now() + 60_000 });
-      const status = new Promise<grpc.StatusObject>((resolve) => call.on('status', resolve));
-      call.on('data', () => undefined);
+    // Each connection's jobs go over one Jobs stream, as a coordinator sends them.
+    const streamOf = (client: WorkerClient) => {
+      const call = client.Jobs();
+      const replies: number[] = [];
+      call.on('data', (reply) => replies.push(reply.job));
       call.on('error', () => undefined);
-      call.write({ header: header({ compiler: 'g++', compilerVersion: gxxVersion, language: 'CXX', args: SLOW_ARGS }, SLOW_CXX.length) });
-      call.write({ source: encodeChunk(SLOW_CXX) });
-      call.write({ end: { totalSize: SLOW_CXX.length } });
-      return { call, status };
+      let next = 1;
+      const start = () => {
+        const job = next++;
+        call.write({ job, header: header({ compiler: 'g++', compilerVersion: gxxVersion, language: 'CXX', args: SLOW_ARGS }, SLOW_CXX.length) });
+        call.write({ job, source: encodeChunk(SLOW_CXX) });
+        call.write({ job, end: { totalSize: SLOW_CXX.length } });
+        return { cancel: () => call.write({ job, cancel: {} }) };
+      };
+      return { start, replies, close: () => call.cancel() };
     };
+    const firstJobs = streamOf(first);
+    const secondJobs = streamOf(second);
+    const slowJob = (client: WorkerClient) => (client === first ? firstJobs : secondJobs).start();
     const running = async (n: number) => (await describeWorker(worker.client)).running === n;
     try {
       const a1 = slowJob(first);
@@ -372,19 +388,20 @@ describe('limits', () => {
       const b1 = slowJob(second);
       await waitFor('the second connection to run its job', () => running(2));
       // When the first connection's job ends, its waiting job starts.
-      a1.call.cancel();
-      expect((await a1.status).code).toBe(grpc.status.CANCELLED);
+      a1.cancel();
       await waitFor('the waiting job to start', async () => (await describeWorker(worker.client)).jobsDone >= 1);
       await waitFor('two jobs to run again', () => running(2));
       load = await describeWorker(worker.client);
       expect(load).toMatchObject({ running: 2, queued: 0 });
-      a2.call.cancel();
-      b1.call.cancel();
-      expect((await a2.status).code).toBe(grpc.status.CANCELLED);
-      expect((await b1.status).code).toBe(grpc.status.CANCELLED);
+      a2.cancel();
+      b1.cancel();
       await waitFor('the worker to be idle', () => running(0));
+      // A cancelled job gets no reply.
+      expect([...firstJobs.replies, ...secondJobs.replies]).toEqual([]);
       await expectNoJobDirs(worker);
     } finally {
+      firstJobs.close();
+      secondJobs.close();
       first.close();
       second.close();
     }
@@ -414,7 +431,9 @@ describe('malformed input', () => {
     ['too many outputs', [{ header: header({ outputs: Array.from({ length: 40 }, (_, i) => ({ kind: 'OBJECT' as const, name: `o${i}.o` })) }, 8) }], grpc.status.INVALID_ARGUMENT, /names 40 outputs, more than 16/],
     ['a NUL in the environment', [{ header: header({ env: { LANG: 'C\0x' } }, 8) }], grpc.status.INVALID_ARGUMENT, /environment variable "LANG" contains a NUL byte/],
   ])('ends %s with a clear status', async (_name, messages, code, details) => {
-    const status = await rawCall(worker.client, messages);
+    const status = await rawJob(worker.client, messages);
+    // The job fails; its stream goes on.
+    expect(status.from).toBe('job');
     expect(status.code).toBe(code);
     expect(status.details).toMatch(details);
   });
@@ -423,7 +442,7 @@ describe('malformed input', () => {
     const raw = new grpc.Client(`unix://${worker.socket}`, grpc.credentials.createInsecure());
     try {
       const status = await new Promise<grpc.StatusObject>((resolve) => {
-        const call = raw.makeBidiStreamRequest('/ferry.v1.Worker/Compile', (b: Buffer) => b, (b: Buffer) => b, new grpc.Metadata(), { deadline: Date.now() + 20_000 });
+        const call = raw.makeBidiStreamRequest('/ferry.v1.Worker/Jobs', (b: Buffer) => b, (b: Buffer) => b, new grpc.Metadata(), { deadline: Date.now() + 20_000 });
         call.on('status', resolve);
         call.on('data', () => undefined);
         call.on('error', () => undefined);
@@ -440,7 +459,7 @@ describe('malformed input', () => {
   it('keeps serving, and leaves nothing in its temp area', async () => {
     expect(worker.process.child.exitCode).toBeNull();
     const text = execFileSync('gcc', ['-E', '-x', 'c', '-'], { input: 'int answer = 42;\n' });
-    const outcome = await compileRemotely(worker.client, header({}, text.length), text, { deadlineMs: 30_000 });
+    const outcome = await compileOnce(worker.client, header({}, text.length), text, { deadlineMs: 30_000 });
     expect(outcome.result.exitCode).toBe(0);
     await expectNoJobDirs(worker);
   });

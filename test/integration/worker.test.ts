@@ -13,8 +13,8 @@ import { encodeChunk } from '../../proto/chunks';
 import { loadWorkerProto } from '../../proto/load';
 import type { WorkerClient } from '../../proto/generated/ferry/v1/Worker';
 import type { JobHeader } from '../../proto/generated/ferry/v1/JobHeader';
-import type { CompileRequest } from '../../proto/generated/ferry/v1/CompileRequest';
-import { compileRemotely, RemoteFailure } from '../../coordinator/remote-compile';
+import { RemoteFailure, WorkerJobs } from '../../coordinator/remote-compile';
+import { compileOnce, rawJob } from '../support/jobs';
 import { run, startProcess, WORKER_MAIN, type Started } from '../support/processes';
 
 const gccVersion = execFileSync('gcc', ['--version'], { encoding: 'utf8' }).split('\n')[0];
@@ -36,18 +36,6 @@ function header(overrides: Partial<JobHeader> = {}, size = 0): JobHeader {
     sourceName: 'x.c',
     ...overrides,
   };
-}
-
-/** Sends raw request messages and returns the status the call ends with. */
-function rawCall(messages: CompileRequest[]): Promise<grpc.StatusObject> {
-  return new Promise((resolve) => {
-    const call = client.Compile({ deadline: Date.now() + 20_000 });
-    call.on('data', () => undefined);
-    call.on('status', resolve);
-    call.on('error', () => undefined);
-    for (const m of messages) call.write(m);
-    call.end();
-  });
 }
 
 beforeAll(async () => {
@@ -103,7 +91,7 @@ describe('ferry-worker', () => {
     writeFileSync(src, '#include <stdio.h>\n#define GREETING "hello"\nint main(void) { puts(GREETING); return 0; }\n');
     execFileSync('gcc', ['-O2', '-c', src, '-o', join(dir, 'local.o')]);
     const source = execFileSync('gcc', ['-O2', '-E', '-fdirectives-only', src]);
-    const outcome = await compileRemotely(client, header({}, source.length), source, { deadlineMs: 20_000 });
+    const outcome = await compileOnce(client, header({}, source.length), source, { deadlineMs: 20_000 });
     expect(outcome.result.exitCode).toBe(0);
     expect(outcome.outputs[0].equals(readFileSync(join(dir, 'local.o')))).toBe(true);
     expect(outcome.result.timings?.compileUs).toBeGreaterThan(0);
@@ -111,7 +99,7 @@ describe('ferry-worker', () => {
 
   it('returns the compiler failure as a result, with its diagnostics and no object', async () => {
     const source = Buffer.from('# 1 "broken.c"\nint main(void) { return 0 }\n');
-    const outcome = await compileRemotely(client, header({}, source.length), source, { deadlineMs: 20_000 });
+    const outcome = await compileOnce(client, header({}, source.length), source, { deadlineMs: 20_000 });
     expect(outcome.result.exitCode).toBe(1);
     expect(outcome.result.stderr.toString()).toMatch(/broken\.c:1:26: error: expected ';'/);
     expect(outcome.outputs[0].length).toBe(0);
@@ -119,7 +107,7 @@ describe('ferry-worker', () => {
 
   it('refuses a compiler that is not on its allow list', async () => {
     const source = Buffer.from('int x;\n');
-    const error = await compileRemotely(client, header({ compiler: 'clang' }, source.length), source, { deadlineMs: 20_000 }).catch((e) => e);
+    const error = await compileOnce(client, header({ compiler: 'clang' }, source.length), source, { deadlineMs: 20_000 }).catch((e) => e);
     expect(error).toBeInstanceOf(RemoteFailure);
     expect(error.status).toBe(grpc.status.NOT_FOUND);
     expect(error.message).toMatch(/"clang" is not on this worker's allow list/);
@@ -128,7 +116,7 @@ describe('ferry-worker', () => {
 
   it('refuses a job for another compiler version', async () => {
     const source = Buffer.from('int x;\n');
-    const error = await compileRemotely(client, header({ compilerVersion: 'gcc (Other) 1.0' }, source.length), source, { deadlineMs: 20_000 }).catch((e) => e);
+    const error = await compileOnce(client, header({ compilerVersion: 'gcc (Other) 1.0' }, source.length), source, { deadlineMs: 20_000 }).catch((e) => e);
     expect(error.status).toBe(grpc.status.FAILED_PRECONDITION);
     expect(error.message).toMatch(/the job expects "gcc \(Other\) 1.0"/);
   });
@@ -137,35 +125,115 @@ describe('ferry-worker', () => {
     'refuses the argument %s',
     async (arg) => {
       const source = Buffer.from('int x;\n');
-      const error = await compileRemotely(client, header({ args: ['-c', arg] }, source.length), source, { deadlineMs: 20_000 }).catch((e) => e);
+      const error = await compileOnce(client, header({ args: ['-c', arg] }, source.length), source, { deadlineMs: 20_000 }).catch((e) => e);
       expect(error.status).toBe(grpc.status.INVALID_ARGUMENT);
       expect(error.message).toContain(arg);
     },
   );
 
-  it('rejects malformed request streams with clear statuses', async () => {
+  it('rejects malformed jobs with clear statuses', async () => {
     const source = Buffer.from('int x;\n');
-    const noHeader = await rawCall([{ source: encodeChunk(source) }]);
+    const noHeader = await rawJob(client, [{ source: encodeChunk(source) }]);
     expect(noHeader.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(noHeader.details).toMatch(/first message of a job must be its header/);
 
-    const truncated = await rawCall([{ header: header({}, 1000) }, { source: encodeChunk(source) }]);
+    const truncated = await rawJob(client, [{ header: header({}, 1000) }, { source: encodeChunk(source) }]);
     expect(truncated.code).toBe(grpc.status.DATA_LOSS);
     expect(truncated.details).toMatch(/ended before the source was complete/);
 
-    const wrongTotal = await rawCall([{ header: header({}, source.length) }, { source: encodeChunk(source, false) }, { end: { totalSize: 3 } }]);
+    const wrongTotal = await rawJob(client, [{ header: header({}, source.length) }, { source: encodeChunk(source, false) }, { end: { totalSize: 3 } }]);
     expect(wrongTotal.code).toBe(grpc.status.DATA_LOSS);
 
-    const badLz4 = await rawCall([{ header: header({}, 64) }, { source: { compression: 'LZ4_BLOCK', data: Buffer.from([64, 0, 0, 0, 0xf0, 1, 2]) } }]);
+    const badLz4 = await rawJob(client, [{ header: header({}, 64) }, { source: { compression: 'LZ4_BLOCK', data: Buffer.from([64, 0, 0, 0, 0xf0, 1, 2]) } }]);
     expect(badLz4.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(badLz4.details).toMatch(/LZ4/);
 
-    const twoHeaders = await rawCall([{ header: header({}, 7) }, { header: header({}, 7) }]);
+    const twoHeaders = await rawJob(client, [{ header: header({}, 7) }, { header: header({}, 7) }]);
     expect(twoHeaders.code).toBe(grpc.status.INVALID_ARGUMENT);
 
-    const badOutput = await rawCall([{ header: header({ outputs: [{ kind: 'OBJECT', name: '../escape.o' }] }, 7) }]);
+    const badOutput = await rawJob(client, [{ header: header({ outputs: [{ kind: 'OBJECT', name: '../escape.o' }] }, 7) }]);
     expect(badOutput.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(badOutput.details).toMatch(/must be a relative path inside the job directory/);
+  });
+
+  it('runs many jobs at once on one stream, each reply routed to its own job', async () => {
+    const sources = Array.from({ length: 6 }, (_, i) =>
+      execFileSync('gcc', ['-E', '-fdirectives-only', '-x', 'c', '-'], { input: `int value_${i}(void) { return ${i * 7}; }\n` }));
+    const locals = sources.map((source, i) => {
+      writeFileSync(join(dir, `many${i}.i`), source);
+      execFileSync('gcc', ['-O2', '-c', '-fdirectives-only', '-fpreprocessed', join(dir, `many${i}.i`), '-o', join(dir, `many${i}.o`)]);
+      return readFileSync(join(dir, `many${i}.o`));
+    });
+    const jobs = new WorkerJobs(client);
+    try {
+      // A broken job among them fails alone.
+      const broken = Buffer.from('int x = ;\n');
+      const [bad, ...good] = await Promise.all([
+        jobs.compile(header({}, broken.length), broken, { deadlineMs: 20_000 }),
+        ...sources.map((source) => jobs.compile(header({}, source.length), source, { deadlineMs: 20_000 })),
+      ]);
+      expect(bad.result.exitCode).toBe(1);
+      good.forEach((outcome, i) => {
+        expect(outcome.result.exitCode).toBe(0);
+        expect(outcome.outputs[0].equals(locals[i])).toBe(true);
+      });
+      expect(jobs.inFlight).toBe(0);
+    } finally {
+      jobs.close();
+    }
+  });
+
+  it('stops a cancelled job and goes on with the others of its stream', async () => {
+    const slow = Array.from({ length: 3000 }, (_, i) => `int g${i}(int x) { int s = 0; for (int k = 0; k < x; k++) s += k * ${i} ^ (s >> 5); return s; }`).join('\n');
+    const slowSource = execFileSync('gcc', ['-E', '-fdirectives-only', '-x', 'c', '-'], { input: slow });
+    const quick = execFileSync('gcc', ['-E', '-fdirectives-only', '-x', 'c', '-'], { input: 'int quick(void) { return 1; }\n' });
+    const jobs = new WorkerJobs(client);
+    const aborter = new AbortController();
+    try {
+      const cancelled = jobs.compile(header({ args: ['-O3', '-c', '-fdirectives-only'] }, slowSource.length), slowSource, { deadlineMs: 60_000, signal: aborter.signal });
+      const describe = () => new Promise<any>((resolve, reject) => client.Describe({}, (err, reply) => (err ? reject(err) : resolve(reply))));
+      for (let i = 0; i < 200 && (await describe()).running === 0; i++) await new Promise((r) => setTimeout(r, 20));
+      expect((await describe()).running).toBe(1);
+      aborter.abort();
+      await expect(cancelled).rejects.toThrow(/job cancelled/);
+      // The worker killed its compiler: the slot is free again, long before the compile could end.
+      for (let i = 0; i < 200 && (await describe()).running > 0; i++) await new Promise((r) => setTimeout(r, 20));
+      expect((await describe()).running).toBe(0);
+      const after = await jobs.compile(header({}, quick.length), quick, { deadlineMs: 20_000 });
+      expect(after.result.exitCode).toBe(0);
+    } finally {
+      jobs.close();
+    }
+  });
+
+  it('ends a stream whose message names no job, and ignores cancels of jobs it does not know', async () => {
+    const source = Buffer.from('int x;\n');
+    const noNumber = await rawJob(client, [{ job: 0, header: header({}, source.length) }]);
+    expect(noNumber).toMatchObject({ from: 'stream', code: grpc.status.INVALID_ARGUMENT });
+    expect(noNumber.details).toMatch(/without its job number/);
+
+    const afterStrayCancel = await rawJob(client, [
+      { job: 99, cancel: {} },
+      { header: header({}, source.length) },
+      { source: encodeChunk(source) },
+      { end: { totalSize: source.length } },
+    ], { keepOpen: true });
+    expect(afterStrayCancel).toMatchObject({ from: 'job', code: grpc.status.OK });
+  });
+
+  it('ends a half-closed stream once its last job has replied', async () => {
+    const source = execFileSync('gcc', ['-E', '-fdirectives-only', '-x', 'c', '-'], { input: 'int last(void) { return 2; }\n' });
+    const call = client.Jobs();
+    const replies: string[] = [];
+    const status = new Promise<grpc.StatusObject>((resolve) => call.on('status', resolve));
+    call.on('data', (reply) => replies.push(reply.part));
+    call.on('error', () => undefined);
+    call.write({ job: 1, header: header({}, source.length) });
+    call.write({ job: 1, source: encodeChunk(source) });
+    call.write({ job: 1, end: { totalSize: source.length } });
+    call.end();
+    expect((await status).code).toBe(grpc.status.OK);
+    expect(replies).toEqual(['output', 'result']);
   });
 
   it('streams its load to watchers: a job shows as running, then done', async () => {
@@ -180,7 +248,7 @@ describe('ferry-worker', () => {
     const slow = Array.from({ length: 1500 }, (_, i) => `int f${i}(int x) { int s = 0; for (int k = 0; k < x; k++) s += k * ${i} ^ (s >> 3); return s; }`).join('\n');
     const source = execFileSync('gcc', ['-O2', '-E', '-fdirectives-only', '-x', 'c', '-'], { input: `#include <stdio.h>\n${slow}\nint main(void){return puts("x");}\n` });
     const started = Date.now();
-    const outcome = await compileRemotely(client, header({}, source.length), source, { deadlineMs: 60_000 });
+    const outcome = await compileOnce(client, header({}, source.length), source, { deadlineMs: 60_000 });
     expect(outcome.result.exitCode).toBe(0);
     expect(Date.now() - started).toBeGreaterThan(150);
     await new Promise((r) => setTimeout(r, 150));
@@ -193,7 +261,7 @@ describe('ferry-worker', () => {
 
   it('keeps serving after bad requests and leaves nothing of its jobs behind', async () => {
     const source = execFileSync('gcc', ['-E', '-fdirectives-only', '-x', 'c', '-'], { input: 'int answer = 42;\n' });
-    const outcome = await compileRemotely(client, header({}, source.length), source, { deadlineMs: 20_000 });
+    const outcome = await compileOnce(client, header({}, source.length), source, { deadlineMs: 20_000 });
     expect(outcome.result.exitCode).toBe(0);
     const roots = readdirSync(jobsTmp);
     expect(roots).toHaveLength(1);
