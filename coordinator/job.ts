@@ -36,6 +36,10 @@ const REMOTE_DEADLINE_MS = 30 * 60_000;
 /** Environment the remote compiler gets: message language and colours, nothing that changes code. */
 const REMOTE_ENV = /^(LANG|LANGUAGE|LC_[A-Z]+|GCC_COLORS|GCC_URLS|TERM_URLS)$/;
 
+/** Job ids: this coordinator's random prefix and a count (unique in its preprocess directory and in a worker's log). */
+const JOB_ID_PREFIX = randomBytes(4).toString('hex');
+let jobsStarted = 0;
+
 /** Preprocessors at once by default; asked once (it is a sched_getaffinity call). */
 const CORES = availableParallelism();
 
@@ -186,7 +190,7 @@ interface RemotePathArgs {
 
 /** Preprocess here, compile on a host, write the outputs. */
 async function remotePath({ request, context, ask, signal, plan, compiler, env, argv, finish, runLocally }: RemotePathArgs): Promise<LaunchReply> {
-  const jobId = randomBytes(6).toString('hex');
+  const jobId = `${JOB_ID_PREFIX}-${(++jobsStarted).toString(36)}`;
   const files = expectedOutputs(plan);
   const outputPaths = files.map((f) => resolve(request.cwd, f.path));
   const removeOutputs = () => Promise.all(outputPaths.map((p) => removeOutput(p)));

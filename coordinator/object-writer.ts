@@ -3,8 +3,7 @@
  * rename, so a reader (make, the linker, a crashed build's next run) sees the old file or the
  * whole new one, never a truncated one.
  */
-import { randomBytes } from 'node:crypto';
-import { closeSync, fchmodSync, openSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, fchmodSync, lstatSync, openSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { readdir, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { FerryError } from '../proto/errors';
@@ -12,6 +11,8 @@ import { FerryError } from '../proto/errors';
 /** Temporary files look like `.<name>.ferry-<pid>-<random>`. */
 const TEMP_NAME = /^\..+\.ferry-(\d+)-[0-9a-f]{8}$/;
 const swept = new Set<string>();
+/** Makes temporary names unique within this process (the pid makes them unique between processes). */
+let tempsMade = 0;
 
 /** A process that can still write: running, not a zombie waiting for a parent to reap it. */
 function alive(pid: number): boolean {
@@ -50,7 +51,8 @@ export async function sweepTemporaries(dir: string): Promise<void> {
 
 export async function writeAtomically(path: string, data: Buffer, umask: number): Promise<void> {
   await sweepTemporaries(dirname(path));
-  const temp = join(dirname(path), `.${basename(path)}.ferry-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const serial = (++tempsMade >>> 0).toString(16).padStart(8, '0');
+  const temp = join(dirname(path), `.${basename(path)}.ferry-${process.pid}-${serial}`);
   const mode = 0o666 & ~umask;
   // Synchronous on purpose: five small system calls into the page cache cost less than five trips
   // through the thread pool and their promises, on the coordinator's busiest path.
@@ -88,8 +90,12 @@ export async function removeOutput(path: string): Promise<void> {
   removeIfPresent(path);
 }
 
-/** Removes a file; one that is not there is already what was wanted. */
+/**
+ * Removes a file; one that is not there is already what was wanted. It looks first: a failing
+ * unlink costs Node an exception, and in a clean build no output is there yet.
+ */
 export function removeIfPresent(path: string): void {
+  if (!lstatSync(path, { throwIfNoEntry: false })) return;
   try {
     unlinkSync(path);
   } catch (err) {

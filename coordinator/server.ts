@@ -158,7 +158,11 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   const launcherServer = createServer((socket) => {
     socket.on('error', (err) => log(`launcher connection: ${err.message}`));
     const aborter = new AbortController();
-    socket.once('close', () => aborter.abort(new FerryError('cancelled', 'the launcher went away')));
+    // Only a launcher that leaves before its reply cancels anything (an error object per job costs).
+    let replied = false;
+    socket.once('close', () => {
+      if (!replied) aborter.abort(new FerryError('cancelled', 'the launcher went away'));
+    });
     running++;
     lastActivity = Date.now();
     (async () => {
@@ -183,6 +187,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
         outcome = { reply: { action: 'RUN_LOCALLY', notice: `ferry: internal error (${errorMessage(err)}); compiling locally` } };
       }
       const { reply, releaseOnClose } = outcome;
+      replied = true;
       if (socket.destroyed) {
         releaseOnClose?.();
         return;
