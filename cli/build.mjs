@@ -24,6 +24,9 @@ const cflags = ['-O2', '-Wall', '-Wextra', '-std=c11', '-D_GNU_SOURCE'];
 run(cc, [...cflags, `-DFERRY_NODE="${process.execPath}"`, '-o', join('dist', 'bin', 'ferry'), join('cli', 'native', 'launcher.c')]);
 // The worker starts its compilers through this (worker/exec-helper.ts looks for it in dist/bin).
 run(cc, [...cflags, '-o', join('dist', 'bin', 'ferry-worker-exec'), join('worker', 'native', 'exec-helper.c')]);
+// The coordinator loads this into cc1 to fork preprocessors from a started copy (coordinator/fork-server.ts).
+mkdirSync(join(root, 'dist', 'lib'), { recursive: true });
+run(cc, [...cflags, '-shared', '-fPIC', '-o', join('dist', 'lib', 'ferry-fork-server.so'), join('cli', 'native', 'fork-server.c'), '-ldl']);
 const workerEntry = join(root, 'dist', 'bin', 'ferry-worker');
 writeFileSync(workerEntry, "#!/usr/bin/env node\nrequire('../worker/main.js');\n");
 chmodSync(workerEntry, 0o755);

@@ -41,7 +41,7 @@ export function formatStats(stats: Stats__Output): string {
     `  compile errors      ${jobs.compileErrors}`,
     `  preprocess errors   ${jobs.preprocessErrors}`,
     `  retried             ${jobs.retried}`,
-    `  preprocessed without the driver ${jobs.preprocessedDirect ?? 0}`,
+    `  preprocessed without the driver ${jobs.preprocessedDirect ?? 0} (by a fork server ${jobs.preprocessedForked ?? 0})`,
     `  compiled again for exact messages ${jobs.exactReruns ?? 0}`,
   ];
   const reasons = Object.entries(stats.local).sort((a, b) => b[1] - a[1]);

@@ -26,6 +26,7 @@ import type { Scheduler } from './scheduler';
 import type { Notices } from './notices';
 import type { StatsStore } from './stats';
 import type { DriverTemplates } from './driver-template';
+import type { ForkServers } from './fork-server';
 
 export const LAUNCHER_PROTOCOL = 2;
 /** The native launcher of this installation (dist/bin/ferry). */
@@ -60,6 +61,8 @@ export interface JobContext {
   preprocessDir: string;
   /** gcc's `-E` commands learnt per argv shape, run without the driver. */
   driverTemplates: DriverTemplates;
+  /** Started copies of cc1 that fork the preprocessors of driverless jobs. */
+  forkServers?: ForkServers;
 }
 
 export function envFromList(list: readonly string[]): NodeJS.ProcessEnv {
@@ -211,6 +214,7 @@ async function remotePath({ request, context, ask, signal, plan, compiler, env, 
         templates: context.driverTemplates,
         env,
         driverVersion: compiler.fileVersion,
+        forkServers: context.forkServers,
       });
     } finally {
       releaseCpp();
@@ -248,6 +252,7 @@ async function remotePath({ request, context, ask, signal, plan, compiler, env, 
   const { result, outputs } = outcome.remote;
   stats.jobs.remote++;
   if (pre.direct) stats.jobs.preprocessedDirect++;
+  if (pre.forked) stats.jobs.preprocessedForked++;
   stats.bytes.sourceRaw += pre.source.length;
   stats.bytes.sourceSent += outcome.remote.bytesSent;
   stats.bytes.outputRaw += outputs.reduce((n, o) => n + o.length, 0);

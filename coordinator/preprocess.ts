@@ -12,6 +12,7 @@ import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchRep
 import type { PreprocessResult__Output } from '../proto/generated/ferry/launcher/v1/PreprocessResult';
 import type { RemotePlan } from './classify';
 import type { DriverTemplates } from './driver-template';
+import type { ForkServers } from './fork-server';
 import { removeIfPresent } from './object-writer';
 
 export interface Preprocessed {
@@ -20,6 +21,8 @@ export interface Preprocessed {
   stderr: Buffer;
   /** The compiler proper ran without its driver (a learnt command, see driver-template.ts). */
   direct: boolean;
+  /** ... and a fork server ran it (fork-server.ts). */
+  forked: boolean;
 }
 
 /** Where a driver's `-E` command can be replaced by the compiler proper's (gcc only). */
@@ -29,6 +32,8 @@ export interface DirectPreprocessing {
   env: NodeJS.ProcessEnv;
   /** Which build of the driver this is (LocalCompiler.fileVersion). */
   driverVersion: string;
+  /** Started copies of the compiler proper that fork a process per job (fork-server.ts). */
+  forkServers?: Pick<ForkServers, 'socketFor'>;
 }
 
 /** Flags the remote compile needs to read what the preprocessor wrote, as if it ran in `cwd`. */
@@ -91,21 +96,24 @@ export async function preprocess(
   direct?: DirectPreprocessing,
 ): Promise<Preprocessed> {
   if (plan.preprocessed) {
-    return { exitCode: 0, source: await readFile(resolve(cwd, plan.source)), stderr: Buffer.alloc(0), direct: false };
+    return { exitCode: 0, source: await readFile(resolve(cwd, plan.source)), stderr: Buffer.alloc(0), direct: false, forked: false };
   }
   const argv = [compilerPath, ...preprocessArgs(plan)];
   try {
     const command = plan.family === 'gcc' && direct ? direct.templates.commandFor(argv, cwd, direct.env, direct.driverVersion) : undefined;
     if (command) {
-      const result = await ask({ action: 'PREPROCESS', preprocessArgv: command.argv, preprocessOutput: outputFile, env: command.env });
+      const forkServer = direct!.forkServers?.socketFor(command.argv[0], direct!.env) ?? '';
+      const result = await ask({ action: 'PREPROCESS', preprocessArgv: command.argv, preprocessOutput: outputFile, env: command.env, forkServer });
       // One read of a file just written (in the page cache): synchronous is the cheaper way.
-      if (result.exitCode === 0) return { exitCode: 0, source: readFileSync(outputFile), stderr: Buffer.from(result.stderr), direct: true };
+      if (result.exitCode === 0) {
+        return { exitCode: 0, source: readFileSync(outputFile), stderr: Buffer.from(result.stderr), direct: true, forked: result.forkServer };
+      }
       // A failing preprocessor is shown as the driver shows it (its messages, its exit status).
       removeIfPresent(outputFile);
     }
     const result = await ask({ action: 'PREPROCESS', preprocessArgv: argv, preprocessOutput: outputFile });
     const source = result.exitCode === 0 ? readFileSync(outputFile) : Buffer.alloc(0);
-    return { exitCode: result.exitCode, source, stderr: Buffer.from(result.stderr), direct: false };
+    return { exitCode: result.exitCode, source, stderr: Buffer.from(result.stderr), direct: false, forked: false };
   } finally {
     removeIfPresent(outputFile);
   }

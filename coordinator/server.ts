@@ -19,6 +19,7 @@ import type { Host } from './host';
 import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchReply';
 import { runJob, type JobContext, type JobOutcome } from './job';
 import { DriverTemplates, runDriver } from './driver-template';
+import { ForkServers } from './fork-server';
 import { LocalSlots } from './local-slots';
 import { Notices } from './notices';
 import { runtimePaths, stateDir, type RuntimePaths } from './paths';
@@ -147,6 +148,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     log,
     preprocessDir: join(paths.dir, 'cpp'),
     driverTemplates: new DriverTemplates(runDriver, log),
+    forkServers: new ForkServers(paths.dir, log),
     record: (job) => {
       jobsDone++;
       recent.push(job);
@@ -238,6 +240,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
       controlHandlers.endStreams();
       await shutdownGracefully(control, 2000);
       pool.close();
+      context.forkServers?.close();
       stats.flush();
       await Promise.all([unlink(paths.socket).catch(() => undefined), unlink(paths.control).catch(() => undefined)]);
       resolveStopped();

@@ -23,7 +23,7 @@ export type Stats = Stats__Output & {
 export function emptyStats(now = new Date()): Stats {
   return {
     since: now.toISOString(),
-    jobs: { remote: 0, local: 0, compileErrors: 0, preprocessErrors: 0, retried: 0, preprocessedDirect: 0, exactReruns: 0 },
+    jobs: { remote: 0, local: 0, compileErrors: 0, preprocessErrors: 0, retried: 0, preprocessedDirect: 0, exactReruns: 0, preprocessedForked: 0 },
     local: {},
     hosts: {},
     bytes: { sourceRaw: 0, sourceSent: 0, outputRaw: 0, outputReceived: 0 },

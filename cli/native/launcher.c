@@ -447,6 +447,8 @@ struct reply {
     char *pp_argv[MAX_PREPROCESS_ARGS + 1];
     size_t pp_argc;
     char *pp_output;
+    /* PREPROCESS: a fork server of that command's program to ask first (cli/native/fork-server.c). */
+    char *fork_server;
 };
 
 static int decode_reply(const uint8_t *p, const uint8_t *end, struct reply *r) {
@@ -468,13 +470,14 @@ static int decode_reply(const uint8_t *p, const uint8_t *end, struct reply *r) {
             *dst = p;
             *dst_len = (size_t)v;
             p += v;
-        } else if ((field == 8 || field == 9) && wire == 2) {
+        } else if ((field == 8 || field == 9 || field == 10) && wire == 2) {
             if (get_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p)) return -1;
             char *copy = strndup((const char *)p, (size_t)v);
             if (!copy) return -1;
-            if (field == 9) {
-                free(r->pp_output);
-                r->pp_output = copy;
+            if (field == 9 || field == 10) {
+                char **dst = field == 9 ? &r->pp_output : &r->fork_server;
+                free(*dst);
+                *dst = copy;
             } else if (r->pp_argc < MAX_PREPROCESS_ARGS) {
                 r->pp_argv[r->pp_argc++] = copy;
             } else {
@@ -522,15 +525,109 @@ static uint8_t *read_frame(int fd, uint32_t *len) {
     return msg;
 }
 
+/* The environment the preprocessor gets: ours, with the reply's variables set over it. */
+static size_t job_environment(struct reply *r, char **out, size_t cap) {
+    size_t n = 0;
+    for (char **e = environ; *e && n < cap; e++) {
+        size_t name = strcspn(*e, "=");
+        int replaced = 0;
+        for (size_t i = 0; i < r->env_count && !replaced; i++)
+            replaced = strncmp(r->env[i], *e, name + 1) == 0;
+        if (!replaced) out[n++] = *e;
+    }
+    for (size_t i = 0; i < r->env_count && n < cap; i++) out[n++] = r->env[i];
+    return n;
+}
+
+static uint8_t *put_u32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) *p++ = (uint8_t)(v >> (8 * i));
+    return p;
+}
+
+static uint8_t *put_string(uint8_t *p, const char *s) {
+    size_t len = strlen(s) + 1;
+    memcpy(p, s, len);
+    return p + len;
+}
+
+/* Hands the preprocessor to the coordinator's fork server (cli/native/fork-server.c documents the
+ * request) with `out` and `err` as its stdout and stderr. Returns the connection, on which the
+ * exit status comes once the job ends, or -1 when the server cannot be used (nothing ran). The
+ * connection stays open for writing: the server takes its closing as the client going away. */
+static int fork_server_start(struct reply *r, int out, int err) {
+    char *cwd = getcwd(NULL, 0);
+    size_t env_cap = 0;
+    for (char **e = environ; *e; e++) env_cap++;
+    env_cap += r->env_count;
+    char **env = calloc(env_cap + 1, sizeof *env);
+    if (!cwd || !env) {
+        free(cwd);
+        free(env);
+        return -1;
+    }
+    size_t envc = job_environment(r, env, env_cap);
+    mode_t mask = umask(0);
+    umask(mask);
+    size_t len = 4 + strlen(cwd) + 1 + 4 + 4;
+    for (size_t i = 0; i < r->pp_argc; i++) len += strlen(r->pp_argv[i]) + 1;
+    for (size_t i = 0; i < envc; i++) len += strlen(env[i]) + 1;
+    uint8_t *buf = len <= (4u << 20) ? malloc(8 + len) : NULL;
+    int fd = -1;
+    if (buf) {
+        uint8_t *p = buf;
+        memcpy(p, "FFS1", 4);
+        p = put_u32(p + 4, (uint32_t)len);
+        p = put_u32(p, (uint32_t)mask);
+        p = put_string(p, cwd);
+        p = put_u32(p, (uint32_t)r->pp_argc);
+        for (size_t i = 0; i < r->pp_argc; i++) p = put_string(p, r->pp_argv[i]);
+        p = put_u32(p, (uint32_t)envc);
+        for (size_t i = 0; i < envc; i++) p = put_string(p, env[i]);
+        struct sockaddr_un addr = {.sun_family = AF_UNIX};
+        if (strlen(r->fork_server) < sizeof addr.sun_path) {
+            strcpy(addr.sun_path, r->fork_server);
+            fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        }
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0) {
+            int fds[2] = {out, err};
+            char control[CMSG_SPACE(sizeof fds)];
+            memset(control, 0, sizeof control);
+            struct iovec iov = {.iov_base = buf, .iov_len = 8};
+            struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+            struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = SCM_RIGHTS;
+            c->cmsg_len = CMSG_LEN(sizeof fds);
+            memcpy(CMSG_DATA(c), fds, sizeof fds);
+            ssize_t n;
+            do n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+            while (n < 0 && errno == EINTR);
+            if (n != 8 || send_all(fd, buf + 8, len) != 0) {
+                close(fd);
+                fd = -1;
+            }
+        } else if (fd >= 0) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    free(buf);
+    free(env);
+    free(cwd);
+    return fd;
+}
+
 /* Runs the preprocessor the coordinator asked for, stdout into its file, and reports the exit
- * status and stderr in a PreprocessResult frame (field 1: int32 exit_code, field 2: stderr).
- * Preprocessing here rather than in the coordinator: forking this small process costs a fraction
- * of forking the coordinator, and the preprocessor stays in the build's own process tree. */
+ * status and stderr in a PreprocessResult frame (field 1: int32 exit_code, field 2: stderr, field
+ * 3: whether the fork server ran it). Preprocessing here rather than in the coordinator: forking
+ * this small process costs a fraction of forking the coordinator, and the preprocessor stays in
+ * the build's own process tree; a fork server, when the coordinator names one, costs less still. */
 static uint8_t *run_preprocessor(struct reply *r, size_t *frame_len) {
     int status = 127;
     size_t err_len = 0, err_cap = 4096;
     char *err = malloc(err_cap);
     int pipefd[2] = {-1, -1};
+    int forked = -1; /* the fork server's connection, when it runs the job */
     int out = r->pp_output ? open(r->pp_output, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600) : -1;
     if (!err || out < 0 || r->pp_argc == 0 || pipe2(pipefd, O_CLOEXEC) != 0) {
         if (err) {
@@ -540,8 +637,9 @@ static uint8_t *run_preprocessor(struct reply *r, size_t *frame_len) {
         }
     } else {
         r->pp_argv[r->pp_argc] = NULL;
-        pid_t pid = fork();
-        if (pid == 0) {
+        if (r->fork_server && *r->fork_server) forked = fork_server_start(r, out, pipefd[1]);
+        pid_t pid = forked >= 0 ? 0 : fork();
+        if (pid == 0 && forked < 0) {
             dup2(out, 1);
             dup2(pipefd[1], 2);
             /* Variables the compiler driver would have set (a driverless command, see driver-template.ts). */
@@ -551,7 +649,7 @@ static uint8_t *run_preprocessor(struct reply *r, size_t *frame_len) {
             _exit(127);
         }
         close(pipefd[1]);
-        if (pid > 0) {
+        if (pid > 0 || forked >= 0) {
             for (;;) {
                 if (err_len == err_cap && err_cap < MAX_PREPROCESS_STDERR) {
                     char *bigger = realloc(err, err_cap * 2);
@@ -567,15 +665,32 @@ static uint8_t *run_preprocessor(struct reply *r, size_t *frame_len) {
                 if (n <= 0) break;
                 if (!full) err_len += (size_t)n; /* past the cap the rest is drained and dropped */
             }
-            int ws;
-            while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+            if (forked >= 0) {
+                uint8_t b[4];
+                if (read_all(forked, b, 4) == 0) {
+                    status = (int32_t)((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24);
+                } else {
+                    /* The server went away mid-job: a failure, which the coordinator repeats through the driver. */
+                    status = 127;
+                    const char *why = "ferry: the preprocessor's fork server went away\n";
+                    size_t n = strlen(why);
+                    if (err_len + n <= err_cap) {
+                        memcpy(err + err_len, why, n);
+                        err_len += n;
+                    }
+                }
+                close(forked);
+            } else {
+                int ws;
+                while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+                }
+                status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
             }
-            status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
         }
         close(pipefd[0]);
     }
     if (out >= 0) close(out);
-    size_t body = 1 + varint_len(int32_wire(status)) + bytes_len(err_len);
+    size_t body = 1 + varint_len(int32_wire(status)) + bytes_len(err_len) + (forked >= 0 ? 2 : 0);
     uint8_t *buf = malloc(4 + body);
     if (buf) {
         uint8_t *p = buf;
@@ -583,6 +698,10 @@ static uint8_t *run_preprocessor(struct reply *r, size_t *frame_len) {
         *p++ = 1 << 3 | 0;
         p = put_varint(p, int32_wire(status));
         p = put_bytes(p, 2, err ? err : "", err_len);
+        if (forked >= 0) {
+            *p++ = 3 << 3 | 0;
+            *p++ = 1;
+        }
         *frame_len = (size_t)(p - buf);
     }
     free(err);

@@ -624,6 +624,13 @@ export function fmtMs(us) {
   const ms = us / 1000;
   return ms >= 100 ? `${ms.toFixed(0)} ms` : ms >= 10 ? `${ms.toFixed(1)} ms` : `${ms.toFixed(2)} ms`;
 }
+/** CPU of a process's own threads (not its children), in microseconds, from /proc/PID/stat (10 ms ticks). */
+export function processCpuUs(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return ((Number(f[11]) + Number(f[12])) * 1e6) / CLK_TCK;
+}
+
 export function fmtS(us) {
   const s = us / 1e6;
   return s >= 10 ? `${s.toFixed(1)} s` : `${s.toFixed(2)} s`;

@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:net';
 import {
   buildHelpers, CgroupAccounting, cell, findCgroup2, machineBusyUs, fmtMs, fmtNum, fmtRatio, fmtS, NsCluster, ProcAccounting, Processes, readSafe,
-  removeLeftovers, say, sleep, summary, waitListenInNs, waitTcp,
+  processCpuUs, removeLeftovers, say, sleep, summary, waitListenInNs, waitTcp,
 } from './lib.mjs';
 
 const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -511,11 +511,14 @@ async function main() {
     const ok0 = distccLogs ? countCompileOk(distccLogs) : 0;
     const s0 = accounting.snapshot();
     const m0 = machineBusyUs();
+    const c0 = usesFerry ? processCpuUs(coordinator.pid) : 0;
     const t0 = process.hrtime.bigint();
     const r = await procs.run(argv, { env: e, cwd, cgroupProcs: accounting.procs('initiator', 'jobs'), log: join(tmp, `${mode}.log`), n });
     const wallUs = Number(process.hrtime.bigint() - t0) / 1000;
     const m1 = machineBusyUs();
     const s1 = accounting.snapshot();
+    // The coordinator's own threads, without the preprocessors its fork servers run (its children).
+    const coordinatorUs = usesFerry ? processCpuUs(coordinator.pid) - c0 : undefined;
     const d = (side, leaf) => s1[side][leaf] - s0[side][leaf];
     const jobsUs = accounting.kind === 'cgroup' ? d('initiator', 'jobs') : r.childCpuUs;
     const initUs = jobsUs + M.init.reduce((s, l) => s + d('initiator', l), 0);
@@ -531,7 +534,7 @@ async function main() {
     const out = {
       wallUs, initUs, remoteUs, walls: r.walls, clientUs: r.childCpuUs, ownUs: r.ownUs.reduce((a, b) => a + b, 0), foreign,
       // The build's own process tree against the mode's long-lived processes, on each side.
-      initDaemonUs: initUs - jobsUs, remoteSshdUs: M.remote.includes('sshd') ? d('remote', 'sshd') : 0,
+      initDaemonUs: initUs - jobsUs, remoteSshdUs: M.remote.includes('sshd') ? d('remote', 'sshd') : 0, coordinatorUs,
     };
     if (usesFerry) {
       const stats1 = ferryCli(['stats', '--json']);
@@ -546,6 +549,7 @@ async function main() {
       out.how = {
         jobs: remote,
         direct: (stats1.jobs.preprocessedDirect ?? 0) - (stats0.jobs.preprocessedDirect ?? 0),
+        forked: (stats1.jobs.preprocessedForked ?? 0) - (stats0.jobs.preprocessedForked ?? 0),
         reruns: (stats1.jobs.exactReruns ?? 0) - (stats0.jobs.exactReruns ?? 0),
       };
       out.perHost = Object.fromEntries(Object.entries(stats1.hosts).map(([h, c]) => [h, c.jobs - (stats0.hosts[h]?.jobs ?? 0)]));
@@ -644,7 +648,7 @@ async function main() {
     const per = (x) => x / CFG.smallFiles;
     return {
       wallUs: r.wallUs, initUs: per(r.initUs), remoteUs: per(r.remoteUs), jobsPerS: CFG.smallFiles / (r.wallUs / 1e6), bytes: r.bytes, how: r.how,
-      initDaemonUs: per(r.initDaemonUs), remoteSshdUs: per(r.remoteSshdUs),
+      initDaemonUs: per(r.initDaemonUs), remoteSshdUs: per(r.remoteSshdUs), coordinatorUs: r.coordinatorUs === undefined ? undefined : per(r.coordinatorUs),
     };
   };
   if (want('b')) {
@@ -755,7 +759,8 @@ function report(started) {
     const h = (rows?.ferry ?? []).map((x) => x.how).filter(Boolean);
     if (!h.length) return;
     const sum = (k) => h.reduce((n, x) => n + x[k], 0);
-    p(`\nFerry over these runs: ${sum('jobs')} jobs; ${sum('direct')} preprocessed without gcc's driver (the cc1 command learnt for their argv shape); ` +
+    p(`\nFerry over these runs: ${sum('jobs')} jobs; ${sum('direct')} preprocessed without gcc's driver (the cc1 command learnt for their argv shape), ` +
+      `${sum('forked')} of them by a fork server (a started cc1 forked for the job); ` +
       `${sum('reruns')} compiled a second time with -fdirectives-only because the fully preprocessed run printed something (\`jobs.exactReruns\`).`);
   };
   const loadLine = (pred) => {
@@ -850,6 +855,10 @@ function report(started) {
     p(`| **ferry / distcc ssh -L** | ${ratioCell(R.small, 'wallUs')} | ${ratioCell(R.small, 'jobsPerS')} | ${ratioCell(R.small, 'initUs')} | | ${ratioCell(R.small, 'remoteUs')} | |`);
     loadLine((w) => w === '(b)');
     howLine(R.small);
+    if (R.small.ferry) {
+      p(`\nFerry's "daemons" are its coordinator and the preprocessors its fork servers run; the coordinator process alone: ` +
+        `${col(R.small, 'ferry', 'coordinatorUs', fmtMs)} per job (/proc/PID/stat).`);
+    }
     p();
   }
 

@@ -139,6 +139,9 @@ describe.skipIf(!support.ok)('remote builds through SSH tunnels', () => {
     // The sample's files share one argv shape: once it is learnt, their preprocessing skips gcc's
     // driver, and the objects and .d files above are still identical.
     expect(s.jobs.preprocessedDirect).toBeGreaterThan(0);
+    // And from the first such job on, cc1's fork server starts (tens of ms): later ones are forked from it.
+    expect(s.jobs.preprocessedForked).toBeGreaterThan(0);
+    expect(s.jobs.preprocessedForked).toBeLessThanOrEqual(s.jobs.preprocessedDirect);
     expect(s.hosts.r1.jobs).toBeGreaterThan(0);
     expect(s.hosts.r2.jobs).toBeGreaterThan(0);
   });

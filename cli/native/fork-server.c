@@ -1,0 +1,277 @@
+/*
+ * ferry fork server: loaded into gcc's cc1 (LD_PRELOAD) by the coordinator, it stops the program
+ * before its main() and forks a copy for each preprocessing job instead, so a job skips exec,
+ * the dynamic loader and the libraries' start-up: ~1.5-2.5 ms of the ~15 ms a small `cc1 -E` costs
+ * here, and most of what is left to save on the initiator once the driver is skipped.
+ *
+ * A forked copy is the process exec would have made, up to main(): same binary, same libraries,
+ * already relocated and initialised. It then gets the job's argv, environment, working directory,
+ * umask, stdout and stderr and calls the real main(). Nothing the job sets could have changed what
+ * ran before main() except variables the dynamic loader and libc read at start-up (LD_*,
+ * GLIBC_TUNABLES, MALLOC_*): the coordinator does not send jobs whose environment has them
+ * (coordinator/fork-server.ts).
+ *
+ * Without FERRY_FORK_SERVER_SOCKET in its environment the library does nothing: cc1 runs as usual.
+ *
+ * Started as: FERRY_FORK_SERVER_SOCKET=<socket path> LD_PRELOAD=<this .so> cc1, stdin a pipe from the
+ * coordinator (its end closing stops the server), stdout a pipe that gets "ready\n" once the
+ * socket listens. Per connection (cli/native/launcher.c is the client):
+ *   request: SCM_RIGHTS [stdout, stderr] with the bytes "FFS1", u32 length, then that many bytes:
+ *            u32 umask, cwd NUL, u32 argc, argc strings NUL, u32 envc, envc strings NUL (little-endian)
+ *   reply:   i32 exit status (the exit code, or 128 + signal number), once the job's process ended.
+ * A client that goes away first has its job's process killed.
+ *
+ * Built by cli/build.mjs: cc -O2 -shared -fPIC -o dist/lib/ferry-fork-server.so fork-server.c -ldl
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MAX_JOBS 1024
+#define MAX_REQUEST (4u << 20)
+#define MAX_ARGS 65536
+
+extern char **environ;
+
+typedef int (*main_fn)(int, char **, char **);
+typedef int (*start_fn)(main_fn, int, char **, void (*)(void), void (*)(void), void (*)(void), void *);
+
+static main_fn real_main;
+static const char *socket_path;
+
+struct job {
+    pid_t pid;
+    int conn; /* -1 once the client went away */
+};
+static struct job jobs[MAX_JOBS];
+static int job_count;
+
+static void put_status(int conn, int32_t status) {
+    uint8_t b[4] = {(uint8_t)status, (uint8_t)(status >> 8), (uint8_t)(status >> 16), (uint8_t)(status >> 24)};
+    /* The client waits for exactly these 4 bytes; a client that left gets EPIPE, which is fine. */
+    (void)!send(conn, b, sizeof b, MSG_NOSIGNAL);
+}
+
+static uint32_t get_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Reads exactly len bytes (the socket has a receive timeout); -1 on error, timeout or EOF. */
+static int read_exact(int fd, uint8_t *p, size_t len) {
+    while (len > 0) {
+        ssize_t n = read(fd, p, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* The NUL-terminated strings at *p (count of them), into out[]; -1 when they overrun end. */
+static int take_strings(char **p, const char *end, uint32_t count, char **out) {
+    for (uint32_t i = 0; i < count; i++) {
+        const char *nul = memchr(*p, '\0', (size_t)(end - *p));
+        if (!nul) return -1;
+        out[i] = *p;
+        *p = (char *)nul + 1;
+    }
+    out[count] = NULL;
+    return 0;
+}
+
+/* In the forked copy: become the job, then run cc1's own main(). Never returns. */
+static _Noreturn void run_job(int out, int err, uint32_t mask, const char *cwd, int argc, char **argv, char **env) {
+    /* If the server dies, so does its job: its client then sees no status and says so. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int in = open("/dev/null", O_RDONLY);
+    if (in < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0) _exit(127);
+    close_range(3, ~0u, 0);
+    /* The server ignores SIGPIPE and blocks SIGCHLD; exec would have given the job neither. */
+    for (int sig = 1; sig < NSIG; sig++) signal(sig, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    umask((mode_t)mask);
+    if (chdir(cwd) != 0) {
+        const char *why = strerror(errno);
+        (void)!write(2, "ferry: fork server: cannot enter the working directory: ", 56);
+        (void)!write(2, why, strlen(why));
+        (void)!write(2, "\n", 1);
+        _exit(127);
+    }
+    environ = env;
+    /* What returning from main() does: exit(), which flushes stdio and runs atexit handlers. */
+    exit(real_main(argc, argv, environ));
+}
+
+/* Reads one request from a new connection and starts its job; replies at once when it cannot. */
+static void start_job(int conn) {
+    struct timeval limit = {.tv_sec = 10};
+    setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+    uint8_t head[8];
+    int fds[2] = {-1, -1};
+    char control[CMSG_SPACE(sizeof fds)];
+    struct iovec iov = {.iov_base = head, .iov_len = sizeof head};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+    ssize_t n;
+    do n = recvmsg(conn, &msg, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+    while (n < 0 && errno == EINTR);
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof fds)) memcpy(fds, CMSG_DATA(c), sizeof fds);
+    }
+    uint8_t *body = NULL;
+    char **argv = NULL, **env = NULL;
+    uint32_t len = n == (ssize_t)sizeof head && memcmp(head, "FFS1", 4) == 0 ? get_u32(head + 4) : 0;
+    if (fds[0] < 0 || fds[1] < 0 || len < 16 || len > MAX_REQUEST || !(body = malloc(len + 1)) || read_exact(conn, body, len) != 0) goto refuse;
+    body[len] = '\0'; /* the last string ends inside the body; this guards a body that lies */
+    char *p = (char *)body + 4, *end = (char *)body + len;
+    uint32_t mask = get_u32(body);
+    const char *nul = memchr(p, '\0', (size_t)(end - p));
+    if (!nul || end - nul < 5) goto refuse;
+    const char *cwd = p;
+    p = (char *)nul + 1;
+    uint32_t argc = get_u32((uint8_t *)p);
+    p += 4;
+    if (argc == 0 || argc > MAX_ARGS || !(argv = calloc(argc + 1, sizeof *argv)) || take_strings(&p, end, argc, argv) != 0 || end - p < 4) goto refuse;
+    uint32_t envc = get_u32((uint8_t *)p);
+    p += 4;
+    if (envc > MAX_ARGS || !(env = calloc(envc + 1, sizeof *env)) || take_strings(&p, end, envc, env) != 0) goto refuse;
+    if (job_count == MAX_JOBS) goto refuse;
+
+    pid_t pid = fork();
+    if (pid == 0) run_job(fds[0], fds[1], mask, cwd, (int)argc, argv, env);
+    if (pid < 0) {
+        const char *why = "ferry: fork server: cannot fork\n";
+        (void)!write(fds[1], why, strlen(why));
+        goto refuse;
+    }
+    /* The job has its own copies; ours would keep its stderr pipe open after it ends. */
+    close(fds[0]);
+    close(fds[1]);
+    free(body);
+    free(argv);
+    free(env);
+    jobs[job_count++] = (struct job){.pid = pid, .conn = conn};
+    return;
+
+refuse:
+    /* A malformed request, or no room: the client runs the preprocessor itself. */
+    put_status(conn, 127);
+    for (int i = 0; i < 2; i++)
+        if (fds[i] >= 0) close(fds[i]);
+    close(conn);
+    free(body);
+    free(argv);
+    free(env);
+}
+
+/* Jobs that ended: their clients get the status. */
+static void reap(void) {
+    for (;;) {
+        int ws;
+        pid_t pid = waitpid(-1, &ws, WNOHANG);
+        if (pid <= 0) return;
+        for (int i = 0; i < job_count; i++) {
+            if (jobs[i].pid != pid) continue;
+            if (jobs[i].conn >= 0) {
+                put_status(jobs[i].conn, WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws));
+                close(jobs[i].conn);
+            }
+            jobs[i] = jobs[--job_count];
+            break;
+        }
+    }
+}
+
+static int serve(void) {
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, NULL);
+    int sig_fd = signalfd(-1, &chld, SFD_CLOEXEC);
+    int listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (sig_fd < 0 || listen_fd < 0 || strlen(socket_path) >= sizeof addr.sun_path) return 1;
+    strcpy(addr.sun_path, socket_path);
+    unlink(socket_path);
+    /* Only this user: the runtime directory is 0700 already, the socket is made 0600 too. */
+    mode_t old = umask(077);
+    int bound = bind(listen_fd, (struct sockaddr *)&addr, sizeof addr);
+    umask(old);
+    if (bound != 0 || listen(listen_fd, 128) != 0) return 1;
+    if (write(1, "ready\n", 6) != 6) return 1;
+
+    struct pollfd pfd[3 + MAX_JOBS];
+    for (;;) {
+        pfd[0] = (struct pollfd){.fd = 0, .events = POLLIN};
+        pfd[1] = (struct pollfd){.fd = sig_fd, .events = POLLIN};
+        /* Full: no accepting until a job ends. */
+        pfd[2] = (struct pollfd){.fd = job_count < MAX_JOBS ? listen_fd : -1, .events = POLLIN};
+        for (int i = 0; i < job_count; i++) pfd[3 + i] = (struct pollfd){.fd = jobs[i].conn, .events = POLLIN};
+        int count = job_count;
+        if (poll(pfd, 3 + (nfds_t)count, -1) < 0) {
+            if (errno == EINTR) continue;
+            return 1;
+        }
+        /* The coordinator closed our stdin (it stops, or died): stop, and the jobs with us. */
+        if (pfd[0].revents) {
+            char b;
+            if (read(0, &b, 1) <= 0) break;
+        }
+        /* A client that went away (its launcher was killed) takes its job along. */
+        for (int i = 0; i < count; i++) {
+            if (pfd[3 + i].revents && jobs[i].conn >= 0) {
+                kill(jobs[i].pid, SIGKILL);
+                close(jobs[i].conn);
+                jobs[i].conn = -1;
+            }
+        }
+        if (pfd[1].revents) {
+            struct signalfd_siginfo info;
+            (void)!read(sig_fd, &info, sizeof info);
+            reap();
+        }
+        if (pfd[2].revents) {
+            int conn = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+            if (conn >= 0) start_job(conn);
+        }
+    }
+    for (int i = 0; i < job_count; i++) kill(jobs[i].pid, SIGKILL);
+    unlink(socket_path);
+    return 0;
+}
+
+static int server_main(int argc, char **argv, char **envp) {
+    (void)argc;
+    (void)argv;
+    (void)envp;
+    _exit(serve());
+}
+
+/* glibc calls this to run main(); with FERRY_FORK_SERVER_SOCKET set, it runs the server instead. */
+int __libc_start_main(main_fn main, int argc, char **argv, void (*init)(void), void (*fini)(void), void (*rtld_fini)(void), void *stack_end) {
+    start_fn real_start = (start_fn)dlsym(RTLD_NEXT, "__libc_start_main");
+    if (!real_start) _exit(127);
+    socket_path = getenv("FERRY_FORK_SERVER_SOCKET");
+    if (!socket_path || !*socket_path) return real_start(main, argc, argv, init, fini, rtld_fini, stack_end);
+    real_main = main;
+    /* The jobs get an environment of their own; nothing of ours should reach them. */
+    socket_path = strdup(socket_path);
+    unsetenv("FERRY_FORK_SERVER_SOCKET");
+    unsetenv("LD_PRELOAD");
+    return real_start(server_main, argc, argv, init, fini, rtld_fini, stack_end);
+}
