@@ -18,10 +18,13 @@ const tmp = mkdtempSync(join(tmpdir(), 'ferry-bench-'));
 const runtime = join(tmp, 'rt');
 const cc = process.env.CC || 'cc';
 const launcher = join(tmp, 'ferry');
-execFileSync(cc, [
-  '-O2', '-Wall', '-Wextra', '-std=c11', '-D_GNU_SOURCE', `-DFERRY_NODE="${process.execPath}"`,
-  '-o', launcher, join(repo, 'cli', 'native', 'launcher.c'),
-]);
+// Linked as cli/build.mjs links it: statically where libc.a is there.
+const launcherArgs = ['-O2', '-Wall', '-Wextra', '-std=c11', '-D_GNU_SOURCE', `-DFERRY_NODE="${process.execPath}"`, '-o', launcher, join(repo, 'cli', 'native', 'launcher.c')];
+try {
+  execFileSync(cc, ['-static', ...launcherArgs], { stdio: 'ignore' });
+} catch {
+  execFileSync(cc, launcherArgs);
+}
 
 // cpu-of N cmd args...: runs cmd N times one after the other (stdio to /dev/null) and prints each
 // run's user+sys CPU in microseconds, one line per run.
