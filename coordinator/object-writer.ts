@@ -15,7 +15,7 @@ const swept = new Set<string>();
 let tempsMade = 0;
 
 /** A process that can still write: running, not a zombie waiting for a parent to reap it. */
-function alive(pid: number): boolean {
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
   } catch (err) {

@@ -20,6 +20,7 @@ import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchRep
 import { runJob, type JobContext, type JobOutcome } from './job';
 import { DriverTemplates, runDriver } from './driver-template';
 import { ForkServers } from './fork-server';
+import { makePreprocessDir, removePreprocessDir } from './preprocess-dir';
 import { LocalSlots } from './local-slots';
 import { Notices } from './notices';
 import { runtimePaths, stateDir, type RuntimePaths } from './paths';
@@ -124,7 +125,6 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
   const log = options.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`));
   const paths = runtimePaths(env);
   prepareRuntimeDir(paths.dir);
-  mkdirSync(join(paths.dir, 'cpp'), { recursive: true, mode: 0o700 });
   if (await socketIsLive(paths.socket)) {
     throw new FerryError('already-running', `a coordinator already answers on ${paths.socket}`, 'Use `ferry stop` first.');
   }
@@ -146,7 +146,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     stats,
     notices: new Notices(),
     log,
-    preprocessDir: join(paths.dir, 'cpp'),
+    preprocessDir: makePreprocessDir(join(paths.dir, 'cpp'), '/dev/shm', log),
     driverTemplates: new DriverTemplates(runDriver, log),
     forkServers: new ForkServers(paths.dir, log),
     record: (job) => {
@@ -241,6 +241,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
       await shutdownGracefully(control, 2000);
       pool.close();
       context.forkServers?.close();
+      removePreprocessDir(context.preprocessDir, join(paths.dir, 'cpp'));
       stats.flush();
       await Promise.all([unlink(paths.socket).catch(() => undefined), unlink(paths.control).catch(() => undefined)]);
       resolveStopped();
