@@ -187,8 +187,10 @@ describe('a job run by a fork server', () => {
   it('runs many jobs at once', async () => {
     const args = ['-O2', '-E', 'src/a.c'];
     const socket = await serverFor(args);
-    const reference = await preprocessWith(args, '');
-    const runs = await Promise.all(Array.from({ length: 24 }, () => preprocessWith(args, socket)));
+    // a.c has __DATE__ and __TIME__: pinned, or the runs differ by the second they ran in.
+    const env = { ...process.env, SOURCE_DATE_EPOCH: '1700000000' };
+    const reference = await preprocessWith(args, '', { env });
+    const runs = await Promise.all(Array.from({ length: 24 }, () => preprocessWith(args, socket, { env })));
     for (const run of runs) {
       expect(run.result.forkServer).toBe(true);
       expect(run.text!.equals(reference.text!)).toBe(true);
@@ -224,9 +226,9 @@ describe('a job run by a fork server', () => {
     throw new Error(`timed out waiting for ${what}`);
   }
 
-  it('kills the job of a launcher that went away', async () => {
-    const socket = await serverFor(['-E', 'src/blocks.c']);
-    const job = blockingJob(socket);
+  /** A blocking job, once the server runs it, and the server's pid. */
+  async function runningBlockingJob() {
+    const job = blockingJob(await serverFor(['-E', 'src/blocks.c']));
     let pid = 0;
     await until('the job to run in the server', () => {
       try {
@@ -236,6 +238,11 @@ describe('a job run by a fork server', () => {
         return false;
       }
     });
+    return { job, pid };
+  }
+
+  it('kills the job of a launcher that went away', async () => {
+    const { job, pid } = await runningBlockingJob();
     job.child.kill('SIGKILL');
     await job.done;
     await until('the job to be gone', () => jobsOf(pid).length === 0);
@@ -243,17 +250,7 @@ describe('a job run by a fork server', () => {
   });
 
   it('gives a failure the coordinator repeats when the server dies mid-job, and starts a new server', async () => {
-    const socket = await serverFor(['-E', 'src/blocks.c']);
-    const job = blockingJob(socket);
-    let pid = 0;
-    await until('the job to run in the server', () => {
-      try {
-        pid = serverPid();
-        return true;
-      } catch {
-        return false;
-      }
-    });
+    const { job, pid } = await runningBlockingJob();
     const jobs = jobsOf(pid);
     process.kill(pid, 'SIGKILL');
     const { result } = await job.done;
