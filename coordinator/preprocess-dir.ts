@@ -25,8 +25,9 @@ export function makePreprocessDir(fallback: string, shm = '/dev/shm', log: (line
   const uid = process.getuid?.() ?? 0;
   if (isTmpfs(shm)) {
     try {
+      const own = OWN(uid);
       for (const name of readdirSync(shm)) {
-        const m = OWN(uid).exec(name);
+        const m = own.exec(name);
         if (!m || Number(m[1]) === process.pid || alive(Number(m[1]))) continue;
         // /dev/shm is everyone's: only a directory of this user is ours to remove.
         const info = lstatSync(join(shm, name), { throwIfNoEntry: false });

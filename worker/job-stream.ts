@@ -65,19 +65,18 @@ class StreamJob extends EventEmitter implements JobCall {
     });
   }
 
-  /** A request for this job; held while nobody listens. Returns the bytes now held (for the stream's budget). */
-  deliver(message: CompileRequest__Output | 'end'): number {
-    if (this.done) return 0;
+  /** A request for this job; held while nobody listens, counted in the stream's budget. */
+  deliver(message: CompileRequest__Output | 'end'): void {
+    if (this.done) return;
     if (this.held.length === 0 && this.listenerCount('data') > 0) {
       if (message === 'end') this.emit('end');
       else this.emit('data', message);
-      return 0;
+      return;
     }
     this.held.push(message);
     const bytes = message === 'end' ? 0 : requestBytes(message);
     this.heldBytes += bytes;
     this.stream.heldBytes += bytes;
-    return bytes;
   }
 
   private flush(): void {

@@ -638,8 +638,9 @@ static uint8_t *run_preprocessor(struct reply *r, size_t *frame_len) {
     } else {
         r->pp_argv[r->pp_argc] = NULL;
         if (r->fork_server && *r->fork_server) forked = fork_server_start(r, out, pipefd[1]);
-        pid_t pid = forked >= 0 ? 0 : fork();
-        if (pid == 0 && forked < 0) {
+        /* No fork server took it: run it ourselves. */
+        pid_t pid = forked < 0 ? fork() : -1;
+        if (pid == 0) {
             dup2(out, 1);
             dup2(pipefd[1], 2);
             /* Variables the compiler driver would have set (a driverless command, see driver-template.ts). */
