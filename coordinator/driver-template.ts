@@ -6,12 +6,8 @@
  * placeholder names, checked against the driver's answer for real names, and filled in for later
  * jobs of that shape. Anything the learning does not recognise keeps the driver.
  */
-import { execFile } from 'node:child_process';
 import { basename, extname } from 'node:path';
-
-/** Placeholder names: letters and digits only, so `-###` prints them unquoted and they never merge. */
-const token = (n: number) => `QzFerry${n}zQ`;
-const TOKEN_MARK = 'QzFerry';
+import { instantiate, parseDriverCommands, runDriver, sameCommand, token, TOKEN_MARK, type DriverCommand, type RunDriver } from '../proto/driver-commands';
 
 /** Options whose effect on the driver's command this does not model: the driver runs. */
 const KEEP_DRIVER = /^(-v|-###|-Q|--verbose|-no-integrated-cpp|-traditional-cpp|-save-temps.*|-wrapper.*|-B.*|-specs.*|--specs.*|-fcompare-debug.*|-dumpdir.*|-dumpbase.*|-print.*|--help.*|--target-help|--version|-time.*|-fplugin.*|@.*)$/;
@@ -85,48 +81,7 @@ export function shapeOf(argv: readonly string[]): JobShape | undefined {
   return { tokenArgv: [argv[0], ...tokenArgs, sourceToken], values };
 }
 
-/** The driver's command for a job: what to exec and the variables the driver would have set. */
-export interface DriverCommand {
-  argv: string[];
-  /** KEY=VALUE, in the order the driver sets them. */
-  env: string[];
-}
-
-const KNOWN_LINES = /^(Using built-in specs\.|Target: .*|Configured with: .*|Thread model: .*|Supported LTO compression algorithms: .*|gcc version .*)$/;
-const ENV_LINE = /^([A-Z_][A-Z0-9_]*)=(.*)$/;
 const COMPILER_PROPER = /^cc1(plus|obj|objplus)?$/;
-
-/** One command line of `-###`: arguments separated by spaces, quoted with "…" and \-escapes when needed. */
-export function parseCommandLine(line: string): string[] | undefined {
-  const args: string[] = [];
-  let i = 0;
-  while (i < line.length) {
-    if (line[i] === ' ') {
-      i++;
-      continue;
-    }
-    let arg = '';
-    if (line[i] === '"') {
-      i++;
-      for (;;) {
-        if (i >= line.length) return undefined;
-        const c = line[i++];
-        if (c === '"') break;
-        if (c === '\\') {
-          if (i >= line.length) return undefined;
-          arg += line[i++];
-        } else {
-          arg += c;
-        }
-      }
-      if (i < line.length && line[i] !== ' ') return undefined;
-    } else {
-      while (i < line.length && line[i] !== ' ') arg += line[i++];
-    }
-    args.push(arg);
-  }
-  return args.length > 0 ? args : undefined;
-}
 
 /**
  * The single compiler-proper command of a `gcc -### -E …` run, with the variables set before it.
@@ -134,50 +89,13 @@ export function parseCommandLine(line: string): string[] | undefined {
  * a reason this does not know (a warning, an error).
  */
 export function parseDriverOutput(stderr: string): DriverCommand | undefined {
-  let command: string[] | undefined;
-  const env: string[] = [];
-  for (const line of stderr.split('\n')) {
-    if (line === '') continue;
-    if (line.startsWith(' ')) {
-      if (command) return undefined;
-      command = parseCommandLine(line);
-      if (!command || !command[0].startsWith('/') || !COMPILER_PROPER.test(basename(command[0]))) return undefined;
-    } else if (ENV_LINE.test(line)) {
-      if (!command) env.push(line);
-    } else if (!KNOWN_LINES.test(line)) {
-      return undefined;
-    }
-  }
+  const commands = parseDriverCommands(stderr);
+  if (!commands || commands.length !== 1) return undefined;
+  const [command] = commands;
+  if (!command.argv[0].startsWith('/') || !COMPILER_PROPER.test(basename(command.argv[0]))) return undefined;
   // The launcher sets at most MAX_REPLY_ENV (16) variables.
-  return command && env.length <= 16 ? { argv: command, env } : undefined;
+  return command.env.length <= 16 ? command : undefined;
 }
-
-/** The template with the job's names put back. */
-export function instantiate(template: DriverCommand, values: readonly string[]): DriverCommand {
-  const fill = (text: string) => {
-    if (!text.includes(TOKEN_MARK)) return text;
-    // No value holds a placeholder (shapeOf refuses such an argv), and each placeholder ends in zQ,
-    // so QzFerry1zQ never matches inside QzFerry10zQ: the order of replacement does not matter.
-    for (let i = 0; i < values.length; i++) text = text.split(token(i)).join(values[i]);
-    return text;
-  };
-  return { argv: template.argv.map(fill), env: template.env.map(fill) };
-}
-
-function sameCommand(a: DriverCommand, b: DriverCommand): boolean {
-  return a.argv.length === b.argv.length && a.argv.every((x, i) => x === b.argv[i]) && a.env.length === b.env.length && a.env.every((x, i) => x === b.env[i]);
-}
-
-/** Runs `driver -### args…` and returns its stderr (where -### prints). */
-export type RunDriver = (argv: readonly string[], cwd: string, env: NodeJS.ProcessEnv) => Promise<string>;
-
-export const runDriver: RunDriver = (argv, cwd, env) =>
-  new Promise((resolve, reject) => {
-    execFile(argv[0], [...argv.slice(1), '-###'], { cwd, env, timeout: 10_000, maxBuffer: 4 << 20 }, (err, _stdout, stderr) => {
-      if (err) reject(err);
-      else resolve(stderr);
-    });
-  });
 
 interface Entry {
   seen: number;

@@ -5,7 +5,7 @@
  */
 import { closeSync, mkdirSync, openSync, readFileSync, readSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
-import { dirname, isAbsolute, join } from 'node:path';
+import { basename, dirname, isAbsolute, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { FerryError, errorMessage } from '../proto/errors';
 import { decodeChunk, splitIntoChunks } from '../proto/chunks';
@@ -16,6 +16,7 @@ import type { Language__Output } from '../proto/generated/ferry/v1/Language';
 import { checkJobArgs, type ArgPolicy } from './arg-policy';
 import { diagnosticFiles, hasLocatedDiagnostics, lineMarkerPaths, mirrorPath, rewriteLineMarkers } from './excerpts';
 import type { CompilerTable } from './compilers';
+import type { CompileSteps, CompileTemplates } from './compile-steps';
 import { ExecError, type ExecHelper } from './exec-helper';
 import { JobRefused } from './job-refused';
 import type { JobDirs } from './job-dirs';
@@ -81,6 +82,8 @@ export interface CompileDeps {
   argPolicy: ArgPolicy;
   /** Starts the compilers. */
   exec: ExecHelper;
+  /** cc1 and as run without gcc's driver, for job shapes it has learnt; absent: always the driver. */
+  compileSteps?: CompileTemplates;
   log: (line: string) => void;
 }
 
@@ -334,12 +337,13 @@ async function runCompiler(
   capture: { jobDir: string; name: string },
   deps: CompileDeps,
   signal: AbortSignal,
+  timeoutMs = deps.limits.jobTimeoutMs,
 ): Promise<CompilerRun> {
   const stdoutPath = join(capture.jobDir, `${capture.name}.stdout`);
   const stderrPath = join(capture.jobDir, `${capture.name}.stderr`);
   let run;
   try {
-    run = await deps.exec.run(path, args, { cwd, env, stdoutPath, stderrPath, signal, timeoutMs: deps.limits.jobTimeoutMs });
+    run = await deps.exec.run(path, args, { cwd, env, stdoutPath, stderrPath, signal, timeoutMs });
   } catch (err) {
     if (!(err instanceof ExecError)) throw err;
     // The job directory's disk is full: not the compiler's fault.
@@ -361,13 +365,39 @@ async function runCompiler(
   return { exitCode: run.status, signal: run.signal ?? '', stdout, stderr };
 }
 
-function compilerEnv(header: JobHeader__Output, jobDir: string): NodeJS.ProcessEnv {
-  // The compiler's temporary files (the assembler's input) land in the job directory and go with it.
-  const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', TMPDIR: jobDir };
+/** The compiler's variables, TMPDIR aside. */
+function jobEnv(header: JobHeader__Output): Record<string, string> {
+  const env: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
   for (const [name, value] of Object.entries(header.env ?? {})) {
     if (PASSED_ENV.test(name)) env[name] = value;
   }
   return env;
+}
+
+function compilerEnv(header: JobHeader__Output, jobDir: string): NodeJS.ProcessEnv {
+  // The compiler's temporary files (the assembler's input) land in the job directory and go with it.
+  return { ...jobEnv(header), TMPDIR: jobDir };
+}
+
+/**
+ * Runs cc1 and then as as the driver would have (compile-steps.ts). Undefined when a step ended
+ * in a way the driver reports in words of its own (a signal, an internal compiler error's status):
+ * the job is then compiled again through the driver. A step's failure (status 1) ends the job as
+ * the driver ends it: status 1, the messages so far.
+ */
+async function runSteps(steps: CompileSteps, cwd: string, env: NodeJS.ProcessEnv, jobDir: string, deps: CompileDeps, signal: AbortSignal): Promise<CompilerRun | undefined> {
+  const stepEnv = (lines: string[]) => ({ ...env, ...Object.fromEntries(lines.map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)])) });
+  const started = Date.now();
+  const cc1 = await runCompiler(steps.compiler.argv[0], steps.compiler.argv.slice(1), cwd, stepEnv(steps.compiler.env), { jobDir, name: 'cc1' }, deps, signal);
+  // A cancelled job ends here, whatever the kill made of the step.
+  if (signal.aborted) return cc1;
+  if (cc1.signal || cc1.exitCode > 1) return undefined;
+  if (cc1.exitCode === 1) return cc1;
+  const remainingMs = Math.max(1, deps.limits.jobTimeoutMs - (Date.now() - started));
+  const as = await runCompiler(steps.assembler.argv[0], steps.assembler.argv.slice(1), cwd, stepEnv(steps.assembler.env), { jobDir, name: 'as' }, deps, signal, remainingMs);
+  if (signal.aborted) return as;
+  if (as.signal || as.exitCode > 1) return undefined;
+  return { exitCode: as.exitCode, signal: '', stdout: Buffer.concat([cc1.stdout, as.stdout]), stderr: Buffer.concat([cc1.stderr, as.stderr]) };
 }
 
 /** Where the compiler runs, what it is told to compile, and what it needs for that. */
@@ -554,15 +584,31 @@ export function makeJobHandler(deps: CompileDeps) {
         }
         const placed = await placeSource(jobDir, header, source).catch(diskError);
         const compileAt = process.hrtime.bigint();
-        const run = await runCompiler(
-          compiler.path,
-          [...header.args, ...placed.extraArgs, '-o', placed.output, placed.input],
-          placed.cwd,
-          compilerEnv(header, jobDir),
-          { jobDir, name: 'compiler' },
-          deps,
-          aborter.signal,
-        );
+        const env = compilerEnv(header, jobDir);
+        // Only a preprocessed source (gcc's), placed as source.<ext>, has the shape the steps are learnt for.
+        const steps = header.sourcePath
+          ? undefined
+          : deps.compileSteps?.stepsFor({
+              driver: compiler.path,
+              driverVersion: compiler.sha256,
+              args: header.args,
+              output: placed.output,
+              input: basename(placed.input),
+              jobDir,
+              env: jobEnv(header),
+            });
+        const direct = steps && !aborter.signal.aborted ? await runSteps(steps, placed.cwd, env, jobDir, deps, aborter.signal) : undefined;
+        const run =
+          direct ??
+          (await runCompiler(
+            compiler.path,
+            [...header.args, ...placed.extraArgs, '-o', placed.output, placed.input],
+            placed.cwd,
+            env,
+            { jobDir, name: 'compiler' },
+            deps,
+            aborter.signal,
+          ));
         const compileUs = micros(compileAt);
         deps.counters.jobsDone++;
         // The compiler could not write its temporaries or output: the disk, not the source, failed.
@@ -587,7 +633,7 @@ export function makeJobHandler(deps: CompileDeps) {
         });
         call.end();
         completed = true;
-        deps.log(`job ${jobId} ${header.sourceName || '?'}: ${header.compiler} exit ${run.exitCode} in ${(compileUs / 1000).toFixed(0)} ms`);
+        deps.log(`job ${jobId} ${header.sourceName || '?'}: ${header.compiler} exit ${run.exitCode} in ${(compileUs / 1000).toFixed(0)} ms${direct ? ' (cc1 and as, without the driver)' : ''}`);
       } finally {
         release();
       }

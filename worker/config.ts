@@ -27,6 +27,8 @@ export interface WorkerSettings {
   socketGroup?: string;
   /** Sysroots a job may name with --sysroot/-isysroot; empty: none. */
   allowedSysroots: string[];
+  /** 'learn': gcc jobs run cc1 and as directly once their commands are learnt; 'always': through gcc's driver. */
+  gccDriver: 'learn' | 'always';
 }
 
 export const DEFAULT_SETTINGS: WorkerSettings = {
@@ -39,6 +41,7 @@ export const DEFAULT_SETTINGS: WorkerSettings = {
   jobTimeoutSec: 30 * 60,
   maxJobsPerConnection: 0,
   allowedSysroots: [],
+  gccDriver: 'learn',
 };
 
 export type SettingsPatch = Partial<WorkerSettings>;
@@ -161,6 +164,16 @@ export const KEYS: readonly KeySpec[] = [
     help: 'comma-separated absolute paths jobs may name with --sysroot/-isysroot (default: none)',
     example: 'allowed_sysroots = /opt/sysroots/aarch64',
     parse: (v) => ({ allowedSysroots: list(v).map((p) => absolutePath(p, 'each allowed_sysroots entry')) }),
+  },
+  {
+    key: 'gcc_driver',
+    flag: 'gcc-driver',
+    help: "learn: gcc jobs run cc1 and as directly, as gcc's driver would, once their commands are learnt from gcc -###; always: every job through the driver (default learn)",
+    example: 'gcc_driver = learn',
+    parse: (v) => {
+      if (v !== 'learn' && v !== 'always') throw new Error(`gcc_driver must be learn or always, not "${v}"`);
+      return { gccDriver: v };
+    },
   },
 ];
 

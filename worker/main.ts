@@ -84,6 +84,7 @@ async function main(argv: string[]): Promise<void> {
     argPolicy: { allowedSysroots: settings.allowedSysroots },
     socketGroup: settings.listen.kind === 'unix' ? settings.socketGroup : undefined,
     tmpBase: settings.tmpdir,
+    compileWithoutDriver: settings.gccDriver === 'learn',
   });
   process.stdout.write(
     `ferry-worker ${FERRY_VERSION} listening on ${worker.address} (${counts.slots} slots; ` +

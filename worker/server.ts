@@ -16,6 +16,7 @@ import type { CompilerTable } from './compilers';
 import { makeJobHandler, type WorkerCounters, type WorkerLimits } from './compile';
 import { ExecHelper } from './exec-helper';
 import { JobDirs } from './job-dirs';
+import { CompileTemplates } from './compile-steps';
 import { http2SessionOf, serveJobStream, type JobsStream } from './job-stream';
 import { grpcBindTarget, isLocalPeer, type ListenAddress } from './listen';
 import { Slots } from './slots';
@@ -38,6 +39,8 @@ export interface WorkerOptions {
   tmpBase?: string;
   /** The compiler-starting helper binary (worker/exec-helper.ts finds the built one by default). */
   execHelperPath?: string;
+  /** gcc jobs run cc1 and as directly once learnt (compile-steps.ts); default true. */
+  compileWithoutDriver?: boolean;
   log?: (line: string) => void;
 }
 
@@ -153,6 +156,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     argPolicy: options.argPolicy ?? { allowedSysroots: [] },
     counters,
     exec,
+    compileSteps: options.compileWithoutDriver === false ? undefined : new CompileTemplates(log),
     log,
   });
   const streamLimits = { maxHeldBytes: options.limits.maxCompressedSourceBytes, maxOpenJobs: MAX_OPEN_JOBS };

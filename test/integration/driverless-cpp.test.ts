@@ -8,16 +8,8 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  DriverTemplates,
-  instantiate,
-  parseCommandLine,
-  parseDriverOutput,
-  shapeOf,
-  type DriverCommand,
-  type RunDriver,
-} from '../../coordinator/driver-template';
-import { runDriver } from '../../coordinator/driver-template';
+import { DriverTemplates, parseDriverOutput, shapeOf } from '../../coordinator/driver-template';
+import { instantiate, parseCommandLine, runDriver, type DriverCommand, type RunDriver } from '../../proto/driver-commands';
 
 describe('parseCommandLine (gcc -### quoting)', () => {
   it.each([

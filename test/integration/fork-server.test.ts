@@ -13,7 +13,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadLauncherCodec } from '../../proto/load';
 import type { PreprocessResult__Output } from '../../proto/generated/ferry/launcher/v1/PreprocessResult';
-import { parseDriverOutput, type DriverCommand } from '../../coordinator/driver-template';
+import { parseDriverOutput } from '../../coordinator/driver-template';
+import type { DriverCommand } from '../../proto/driver-commands';
 import { ForkServers, forkServerFits } from '../../coordinator/fork-server';
 import { ROOT } from '../support/processes';
 

@@ -142,6 +142,9 @@ describe.skipIf(!support.ok)('remote builds through SSH tunnels', () => {
     // And from the first such job on, cc1's fork server starts (tens of ms): later ones are forked from it.
     expect(s.jobs.preprocessedForked).toBeGreaterThan(0);
     expect(s.jobs.preprocessedForked).toBeLessThanOrEqual(s.jobs.preprocessedDirect);
+    // On the workers, the shape's compiles run cc1 and as without gcc's driver once learnt.
+    const direct = [...workerJobs(workers.get('r1')), ...workerJobs(workers.get('r2'))].filter((l) => l.endsWith('(cc1 and as, without the driver)'));
+    expect(direct.length).toBeGreaterThan(0);
     expect(s.hosts.r1.jobs).toBeGreaterThan(0);
     expect(s.hosts.r2.jobs).toBeGreaterThan(0);
   });

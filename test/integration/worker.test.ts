@@ -2,7 +2,7 @@
  * The worker as a real process on a Unix socket, driven by a real gRPC client: compiles, refusals,
  * malformed streams, and nothing left behind in its temporary area.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -103,6 +103,40 @@ describe('ferry-worker', () => {
     expect(outcome.result.exitCode).toBe(1);
     expect(outcome.result.stderr.toString()).toMatch(/broken\.c:1:26: error: expected ';'/);
     expect(outcome.outputs[0].length).toBe(0);
+  });
+
+  it('runs cc1 and as without the driver once a shape is learnt: the driver\'s objects, messages and statuses', async () => {
+    const args = ['-O1', '-Wall', '-c'];
+    const shaped = (size: number) => header({ args, outputs: [{ kind: 'OBJECT', name: 'sub/steps.o' }] }, size);
+    const ref = mkdtempSync(join(dir, 'steps-'));
+    const local = (name: string, text: string) => {
+      writeFileSync(join(ref, `${name}.i`), text);
+      // The job sends no locale variables: the worker's compiler speaks C.
+      const r = spawnSync('gcc', [...args, `${name}.i`, '-o', `${name}.o`], { cwd: ref, encoding: 'utf8', env: { PATH: process.env.PATH } });
+      return { code: r.status, stderr: r.stderr, object: r.status === 0 ? readFileSync(join(ref, `${name}.o`)) : undefined };
+    };
+    const good = execFileSync('gcc', ['-O1', '-E', '-'], { input: 'static int twice(int x) { return 2 * x; }\nint f(int y) { return twice(y) + 1; }\n' }).toString();
+    const warns = '# 1 "warns.c"\nint g(void) { int unused; return 0; }\n';
+    const fails = '# 1 "fails.c"\nint h(void) { return missing; }\n';
+    const directJobs = () => worker.output().split('\n').filter((l) => l.endsWith('(cc1 and as, without the driver)')).length;
+
+    // The first two jobs of the shape go through the driver; the second has its commands learnt.
+    for (let i = 0; i < 2; i++) expect((await compileOnce(client, shaped(good.length), Buffer.from(good), { deadlineMs: 20_000 })).result.exitCode).toBe(0);
+    for (let i = 0; i < 100 && !/compiles of "gcc -O1 -Wall -c" run cc1 and as without gcc's driver/.test(worker.output()); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(worker.output()).toMatch(/compiles of "gcc -O1 -Wall -c" run cc1 and as without gcc's driver/);
+    const before = directJobs();
+
+    for (const [name, text] of [['good', good], ['warns', warns], ['fails', fails]] as const) {
+      const expected = local(name, text);
+      const outcome = await compileOnce(client, shaped(text.length), Buffer.from(text), { deadlineMs: 20_000 });
+      expect(outcome.result.exitCode, name).toBe(expected.code);
+      expect(outcome.result.stderr.toString(), name).toBe(expected.stderr);
+      if (expected.object) expect(outcome.outputs[0].equals(expected.object), name).toBe(true);
+      else expect(outcome.outputs[0].length, name).toBe(0);
+    }
+    expect(local('warns', warns).stderr).toMatch(/warning: unused variable/);
+    expect(local('fails', fails).code).toBe(1);
+    expect(directJobs() - before).toBe(3);
   });
 
   it('refuses a compiler that is not on its allow list', async () => {

@@ -41,6 +41,8 @@ describe('worker.conf', () => {
     ['socket_group = ferry', { socketGroup: 'ferry' }],
     ['allowed_sysroots = /opt/sysroots/arm/, /opt/x/../y', { allowedSysroots: ['/opt/sysroots/arm', '/opt/y'] }],
     ['allowed_sysroots =', { allowedSysroots: [] }],
+    ['gcc_driver = always', { gccDriver: 'always' }],
+    ['gcc_driver = learn', { gccDriver: 'learn' }],
     ['\tslots\t=\t3\t\r', { slots: 3 }],
     ['tmpdir = /srv/a#b', { tmpdir: '/srv/a#b' }],
   ])('reads %j', (text, expected) => {
@@ -59,6 +61,7 @@ describe('worker.conf', () => {
     ['tmpdir = tmp', 1, /tmpdir must be an absolute path/, /tmpdir = \/var\/tmp/],
     ['socket_group = bad group', 1, /"bad group" is not a group name/, /socket_group = ferry/],
     ['allowed_sysroots = relative/root', 1, /each allowed_sysroots entry must be an absolute path/, /allowed_sysroots = \//],
+    ['gcc_driver = never', 1, /gcc_driver must be learn or always, not "never"/, /gcc_driver = learn/],
     ['slots 8', 1, /"slots 8" is not a "key = value" line/, /key = value/],
     ['max_source_megabytes = 3', 1, /unknown key "max_source_megabytes"/, /Known keys: listen, slots/],
     ['max-source-mb = 3', 1, /unknown key "max-source-mb"/, /Did you mean "max_source_mb"\?/],
