@@ -321,6 +321,10 @@ function compareObjects(what, dir, ref, only) {
 function countCompileOk(files) {
   return files.reduce((n, f) => n + (readSafe(f).match(/COMPILE_OK/g) ?? []).length, 0);
 }
+/** Jobs the ferry-workers ran as cc1 and as, without gcc's driver (their job log lines say so). */
+function countWorkerDirect(files) {
+  return files.reduce((n, f) => n + (readSafe(f).match(/\(cc1 and as, without the driver\)$/gm) ?? []).length, 0);
+}
 function rmObjects(dir) {
   for (const rel of listObjects(dir)) rmSync(join(dir, rel));
 }
@@ -479,6 +483,7 @@ async function main() {
     'distcc-L': { label: 'distcc, ssh -L', init: ['distcc-L'], remote: ['sshd', 'distccd'], cc: (c) => ['distcc', c] },
     'distcc-ssh': { label: 'distcc @host ssh', init: ['distcc-ssh'], remote: ['sshd'], cc: (c) => ['distcc', c] },
   };
+  const workerLogs = remotes.map((r) => join(r.dir, 'worker.log'));
   const compileOkFiles = {
     'distcc-L': remotes.map((r) => join(r.dir, 'distccd.log')),
     'distcc-ssh': remotes.map((r) => join(r.dir, 'distccd-inetd.log')),
@@ -508,6 +513,7 @@ async function main() {
     const usesFerry = mode === 'ferry' || e.CCACHE_PREFIX === FERRY;
     const distccLogs = compileOkFiles[mode];
     const stats0 = usesFerry ? ferryCli(['stats', '--json']) : undefined;
+    const direct0 = usesFerry ? countWorkerDirect(workerLogs) : 0;
     const ok0 = distccLogs ? countCompileOk(distccLogs) : 0;
     const s0 = accounting.snapshot();
     const m0 = machineBusyUs();
@@ -551,6 +557,8 @@ async function main() {
         direct: (stats1.jobs.preprocessedDirect ?? 0) - (stats0.jobs.preprocessedDirect ?? 0),
         forked: (stats1.jobs.preprocessedForked ?? 0) - (stats0.jobs.preprocessedForked ?? 0),
         reruns: (stats1.jobs.exactReruns ?? 0) - (stats0.jobs.exactReruns ?? 0),
+        // The workers log a job after its reply went out: a last line may trail the build a little.
+        compiledDirect: countWorkerDirect(workerLogs) - direct0,
       };
       out.perHost = Object.fromEntries(Object.entries(stats1.hosts).map(([h, c]) => [h, c.jobs - (stats0.hosts[h]?.jobs ?? 0)]));
     }
@@ -761,7 +769,8 @@ function report(started) {
     const sum = (k) => h.reduce((n, x) => n + x[k], 0);
     p(`\nFerry over these runs: ${sum('jobs')} jobs; ${sum('direct')} preprocessed without gcc's driver (the cc1 command learnt for their argv shape), ` +
       `${sum('forked')} of them by a fork server (a started cc1 forked for the job); ` +
-      `${sum('reruns')} compiled a second time with -fdirectives-only because the fully preprocessed run printed something (\`jobs.exactReruns\`).`);
+      `${sum('reruns')} compiled a second time with -fdirectives-only because the fully preprocessed run printed something (\`jobs.exactReruns\`); ` +
+      `on the workers, ${sum('compiledDirect')} compiled by cc1 and as without gcc's driver (their commands learnt per job shape; worker logs).`);
   };
   const loadLine = (pred) => {
     const xs = (R.foreign ?? []).filter((x) => pred(x.what)).map((x) => x.foreign);
