@@ -7,7 +7,7 @@
  * jobs of that shape. Anything the learning does not recognise keeps the driver.
  */
 import { basename, extname } from 'node:path';
-import { instantiate, parseDriverCommands, runDriver, sameCommand, token, TOKEN_MARK, type DriverCommand, type RunDriver } from '../proto/driver-commands';
+import { instantiate, LearntShapes, parseDriverCommands, runDriver, sameCommand, token, TOKEN_MARK, type DriverCommand, type RunDriver } from '../proto/driver-commands';
 
 /** Options whose effect on the driver's command this does not model: the driver runs. */
 const KEEP_DRIVER = /^(-v|-###|-Q|--verbose|-no-integrated-cpp|-traditional-cpp|-save-temps.*|-wrapper.*|-B.*|-specs.*|--specs.*|-fcompare-debug.*|-dumpdir.*|-dumpbase.*|-print.*|--help.*|--target-help|--version|-time.*|-fplugin.*|@.*)$/;
@@ -97,27 +97,22 @@ export function parseDriverOutput(stderr: string): DriverCommand | undefined {
   return command.env.length <= 16 ? command : undefined;
 }
 
-interface Entry {
-  seen: number;
-  /** Learning in progress, or its answer: the template, or null when this shape keeps the driver. */
-  template?: Promise<DriverCommand | null>;
-  settled?: DriverCommand | null;
-}
-
 /**
- * Learnt driver commands, per shape. A shape is learnt from its second job on (a one-off argv
- * never costs two driver runs), in the background: jobs use the driver until it is ready.
+ * Learnt driver commands, per shape (LearntShapes: from a shape's second job on, in the
+ * background; jobs use the driver until it is ready).
  */
 export class DriverTemplates {
-  private readonly entries = new Map<string, Entry>();
+  private readonly shapes: LearntShapes<DriverCommand>;
   learnt = 0;
   refused = 0;
 
   constructor(
     private readonly run: RunDriver = runDriver,
     private readonly log: (line: string) => void = () => undefined,
-    private readonly capacity = 1024,
-  ) {}
+    capacity = 1024,
+  ) {
+    this.shapes = new LearntShapes(capacity);
+  }
 
   /**
    * The command to run instead of `argv` (the driver's `-E` command line), or undefined to run the
@@ -132,28 +127,13 @@ export class DriverTemplates {
       .sort()
       .map((k) => `${k}=${env[k]}`);
     const key = JSON.stringify([driverVersion, cwd, driverEnv, shape.tokenArgv]);
-    let entry = this.entries.get(key);
-    if (!entry) {
-      if (this.entries.size >= this.capacity) this.entries.delete(this.entries.keys().next().value as string);
-      entry = { seen: 0 };
-      this.entries.set(key, entry);
-    }
-    entry.seen++;
-    if (entry.settled) return instantiate(entry.settled, shape.values);
-    if (!entry.template && entry.seen >= 2) {
-      const learning = this.learn(shape, argv, cwd, env);
-      entry.template = learning;
-      const target = entry;
-      void learning.then((t) => {
-        target.settled = t;
-      });
-    }
-    return undefined;
+    const template = this.shapes.lookup(key, () => this.learn(shape, argv, cwd, env));
+    return template && instantiate(template, shape.values);
   }
 
   /** Resolves when every shape being learnt now is learnt (or refused). */
-  async whenLearnt(): Promise<void> {
-    await Promise.all([...this.entries.values()].map((e) => e.template));
+  whenLearnt(): Promise<void> {
+    return this.shapes.whenLearnt();
   }
 
   private async learn(shape: JobShape, argv: readonly string[], cwd: string, env: NodeJS.ProcessEnv): Promise<DriverCommand | null> {

@@ -105,3 +105,39 @@ export const runDriver: RunDriver = (argv, cwd, env) =>
       else resolve(stderr);
     });
   });
+
+/**
+ * What was learnt per job shape. A shape is learnt from its second job on (a one-off never costs a
+ * learning), in the background: until the answer is in, and when it is null (the shape keeps the
+ * driver), lookups give undefined. The oldest shape makes room past `capacity`.
+ */
+export class LearntShapes<T> {
+  private readonly entries = new Map<string, { seen: number; learning?: Promise<T | null>; settled?: T | null }>();
+
+  constructor(private readonly capacity = 1024) {}
+
+  /** The answer learnt for `key`; starts `learn` (which must not reject) at the key's second lookup. */
+  lookup(key: string, learn: () => Promise<T | null>): T | undefined {
+    let entry = this.entries.get(key);
+    if (!entry) {
+      if (this.entries.size >= this.capacity) this.entries.delete(this.entries.keys().next().value as string);
+      entry = { seen: 0 };
+      this.entries.set(key, entry);
+    }
+    entry.seen++;
+    if (entry.settled) return entry.settled;
+    if (!entry.learning && entry.seen >= 2) {
+      const target = entry;
+      target.learning = learn();
+      void target.learning.then((answer) => {
+        target.settled = answer;
+      });
+    }
+    return undefined;
+  }
+
+  /** Resolves when every shape being learnt now is learnt (or refused). */
+  async whenLearnt(): Promise<void> {
+    await Promise.all([...this.entries.values()].map((e) => e.learning));
+  }
+}

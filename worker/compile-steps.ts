@@ -12,7 +12,7 @@ import { execFile } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { basename, isAbsolute, join } from 'node:path';
 import { errorMessage } from '../proto/errors';
-import { instantiate, parseDriverCommands, runDriver, sameCommand, token, TOKEN_MARK, type DriverCommand, type RunDriver } from '../proto/driver-commands';
+import { instantiate, LearntShapes, parseDriverCommands, runDriver, sameCommand, token, TOKEN_MARK, type DriverCommand, type RunDriver } from '../proto/driver-commands';
 import { findOnPath } from './compilers';
 
 /** The assembly cc1 writes for as, in the job directory (which goes with the job). */
@@ -123,19 +123,12 @@ export const resolveProgram: ResolveProgram = (driver, name, env) =>
     });
   });
 
-interface Entry {
-  seen: number;
-  learning?: Promise<CompileSteps | null>;
-  /** The learnt commands with placeholders, or null when this shape keeps the driver. */
-  settled?: CompileSteps | null;
-}
-
 /**
- * Learnt compile commands, per shape. A shape is learnt from its second job on (a one-off never
- * costs two driver runs), in the background: jobs use the driver until it is ready.
+ * Learnt compile commands, per shape (LearntShapes: from a shape's second job on, in the
+ * background; jobs use the driver until it is ready).
  */
 export class CompileTemplates {
-  private readonly entries = new Map<string, Entry>();
+  private readonly shapes: LearntShapes<CompileSteps>;
   learnt = 0;
   refused = 0;
 
@@ -143,8 +136,10 @@ export class CompileTemplates {
     private readonly log: (line: string) => void = () => undefined,
     private readonly run: RunDriver = runDriver,
     private readonly resolve: ResolveProgram = resolveProgram,
-    private readonly capacity = 1024,
-  ) {}
+    capacity = 1024,
+  ) {
+    this.shapes = new LearntShapes(capacity);
+  }
 
   /** The commands to run instead of the driver for this job, or undefined to run the driver. */
   stepsFor(job: DriverJob): CompileSteps | undefined {
@@ -154,27 +149,13 @@ export class CompileTemplates {
       .sort()
       .map((k) => `${k}=${job.env[k]}`);
     const key = JSON.stringify([job.driver, job.driverVersion, shape.root, job.input, env, shape.args, shape.output]);
-    let entry = this.entries.get(key);
-    if (!entry) {
-      if (this.entries.size >= this.capacity) this.entries.delete(this.entries.keys().next().value as string);
-      entry = { seen: 0 };
-      this.entries.set(key, entry);
-    }
-    entry.seen++;
-    if (entry.settled) return fill(entry.settled, shape.values);
-    if (!entry.learning && entry.seen >= 2) {
-      const target = entry;
-      target.learning = this.learn(shape, job);
-      void target.learning.then((steps) => {
-        target.settled = steps;
-      });
-    }
-    return undefined;
+    const steps = this.shapes.lookup(key, () => this.learn(shape, job));
+    return steps && fill(steps, shape.values);
   }
 
   /** Resolves when every shape being learnt now is learnt (or refused). */
-  async whenLearnt(): Promise<void> {
-    await Promise.all([...this.entries.values()].map((e) => e.learning));
+  whenLearnt(): Promise<void> {
+    return this.shapes.whenLearnt();
   }
 
   private async learn(shape: CompileShape, job: DriverJob): Promise<CompileSteps | null> {
@@ -186,23 +167,24 @@ export class CompileTemplates {
       mkdirSync(join(tokenDir, 'out'), { recursive: true });
       const argvOf = (output: string, dir: string) => [job.driver, ...shape.args, '-o', output, join(dir, job.input)];
       const envOf = (dir: string) => ({ ...job.env, TMPDIR: dir });
-      const [withTokens, real, assemblerPath] = await Promise.all([
+      const [withTokens, real] = await Promise.all([
         this.run(argvOf(shape.output, tokenDir), join(tokenDir, 'out'), envOf(tokenDir)),
         this.run(argvOf(job.output, job.jobDir), join(job.jobDir, 'out'), envOf(job.jobDir)),
-        this.resolve(job.driver, 'as', envOf(job.jobDir)),
       ]);
       const template = parseCompileCommands(withTokens, tokenDir);
       const expected = parseCompileCommands(real, job.jobDir);
-      if (!template || !expected || !assemblerPath || basename(template.assembler.argv[0]) !== 'as') {
-        return this.refuse(`compiles of "${what}" keep gcc's driver: its -### output is not one cc1 and one as command`);
-      }
-      if (!sameCommand(fill(template, shape.values).compiler, expected.compiler) || !sameCommand(fill(template, shape.values).assembler, expected.assembler)) {
+      if (!template || !expected) return this.refuse(`compiles of "${what}" keep gcc's driver: its -### output is not one cc1 and one as command`);
+      const filled = fill(template, shape.values);
+      if (!sameCommand(filled.compiler, expected.compiler) || !sameCommand(filled.assembler, expected.assembler)) {
         return this.refuse(`compiles of "${what}" keep gcc's driver: its commands name the job's files where the placeholders do not account for them`);
       }
+      // The driver names the assembler as it will look it up ("as"): the worker runs a path.
+      const printed = template.assembler.argv[0];
+      const assembler = isAbsolute(printed) ? printed : await this.resolve(job.driver, printed, envOf(job.jobDir));
+      if (!assembler) return this.refuse(`compiles of "${what}" keep gcc's driver: it finds no ${printed} here`);
       this.learnt++;
       this.log(`compiles of "${what}" run cc1 and as without gcc's driver from now on`);
-      template.assembler = { argv: [assemblerPath, ...template.assembler.argv.slice(1)], env: template.assembler.env };
-      return template;
+      return { compiler: template.compiler, assembler: { argv: [assembler, ...template.assembler.argv.slice(1)], env: template.assembler.env } };
     } catch (err) {
       return this.refuse(`compiles of "${what}" keep gcc's driver: ${errorMessage(err).split('\n')[0]}`);
     }

@@ -557,11 +557,16 @@ export class NsCluster {
       ip(['-n', ns, 'link', 'set', 'eth0', 'up']);
       ip(['-n', ns, 'link', 'set', 'lo', 'up']);
       keygen(join(rdir, 'host_key'));
+      // Sessions get an empty HOME: the login user's shell start-up files (bash reads ~/.bashrc for
+      // every `ssh host command`; on this machine root's runs pyenv init, ~2.5 s of CPU) are that
+      // machine's, not distcc's, and would otherwise swamp distcc's ssh mode, one shell per job.
+      mkdirSync(join(rdir, 'home'), { recursive: true });
       writeFileSync(join(rdir, 'sshd_config'), [
         'Port 22', `ListenAddress ${addr.remote}`, `HostKey ${join(rdir, 'host_key')}`, `PidFile ${join(rdir, 'sshd.pid')}`,
         'PermitRootLogin prohibit-password', 'PubkeyAuthentication yes', 'PasswordAuthentication no', 'KbdInteractiveAuthentication no',
         `AuthorizedKeysFile ${join(this.dir, 'authorized_keys')}`, 'UsePAM no', 'StrictModes no', 'UseDNS no',
-        'AllowTcpForwarding yes', 'AllowStreamLocalForwarding yes', 'X11Forwarding no', 'PrintMotd no', 'LogLevel ERROR', '',
+        'AllowTcpForwarding yes', 'AllowStreamLocalForwarding yes', 'X11Forwarding no', 'PrintMotd no', 'LogLevel ERROR',
+        `SetEnv HOME=${join(rdir, 'home')}`, '',
       ].join('\n'));
       const id = [`  HostName ${addr.remote}`, '  User root', `  IdentityFile ${this.userKey}`, '  IdentitiesOnly yes',
         `  UserKnownHostsFile ${this.knownHosts}`, '  GlobalKnownHostsFile /dev/null', '  StrictHostKeyChecking yes', '  BatchMode yes'];

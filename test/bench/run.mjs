@@ -806,7 +806,8 @@ function report(started) {
     'Remote = sshd and its children plus the mode\'s workers (ferry-worker or distccd) and their compilers. Idle daemons of the other modes are left out.');
   p(`- distcc modes: \`ssh -L\`: DISTCC_HOSTS=127.0.0.1:PORT/${opts.slots} through one ssh forward per remote` +
     (opts.tunnel === 'session' ? ' (each forward\'s connection also holds an idle session, which makes sshd set TCP_NODELAY)' : ' (`ssh -N -L`)') +
-    `; ssh mode: DISTCC_HOSTS=@rN-cm/${opts.slots} (\`ssh rN distccd --inetd\` per job over a ControlMaster connection). DISTCC_FALLBACK=0.`);
+    `; ssh mode: DISTCC_HOSTS=@rN-cm/${opts.slots} (\`ssh rN distccd --inetd\` per job over a ControlMaster connection). DISTCC_FALLBACK=0. ` +
+    'The remotes\' sshd gives sessions an empty HOME (`SetEnv`), so the login user\'s shell start-up files (~/.bashrc, which bash reads for every `ssh host command`) do not run per job.');
   p('- checked on every build: Ferry `stats --json` jobs.remote = compile count and jobs.local = 0; distccd COMPILE_OK count = compile count; ' +
     'every object byte-identical to a local build.');
   const fl = (R.foreign ?? []).filter((x) => x.what !== 'warm-up');
