@@ -387,16 +387,20 @@ function compilerEnv(header: JobHeader__Output, jobDir: string): NodeJS.ProcessE
  */
 async function runSteps(steps: CompileSteps, cwd: string, env: NodeJS.ProcessEnv, jobDir: string, deps: CompileDeps, signal: AbortSignal): Promise<CompilerRun | undefined> {
   const stepEnv = (lines: string[]) => ({ ...env, ...Object.fromEntries(lines.map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)])) });
+  const viaDriver = (step: string, run: CompilerRun) => {
+    deps.log(`${step} ${run.signal ? `was killed by ${run.signal}` : `exited with status ${run.exitCode}`}: compiling the job again through gcc's driver, for its own message`);
+    return undefined;
+  };
   const started = Date.now();
   const cc1 = await runCompiler(steps.compiler.argv[0], steps.compiler.argv.slice(1), cwd, stepEnv(steps.compiler.env), { jobDir, name: 'cc1' }, deps, signal);
   // A cancelled job ends here, whatever the kill made of the step.
   if (signal.aborted) return cc1;
-  if (cc1.signal || cc1.exitCode > 1) return undefined;
+  if (cc1.signal || cc1.exitCode > 1) return viaDriver(basename(steps.compiler.argv[0]), cc1);
   if (cc1.exitCode === 1) return cc1;
   const remainingMs = Math.max(1, deps.limits.jobTimeoutMs - (Date.now() - started));
   const as = await runCompiler(steps.assembler.argv[0], steps.assembler.argv.slice(1), cwd, stepEnv(steps.assembler.env), { jobDir, name: 'as' }, deps, signal, remainingMs);
   if (signal.aborted) return as;
-  if (as.signal || as.exitCode > 1) return undefined;
+  if (as.signal || as.exitCode > 1) return viaDriver(basename(steps.assembler.argv[0]), as);
   return { exitCode: as.exitCode, signal: '', stdout: Buffer.concat([cc1.stdout, as.stdout]), stderr: Buffer.concat([cc1.stderr, as.stderr]) };
 }
 

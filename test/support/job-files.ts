@@ -13,8 +13,15 @@ export function leftoverFiles(tmp: string): string[] {
     .map((e) => join(e.parentPath ?? (e as unknown as { path: string }).path, e.name).slice(tmp.length + 1));
 }
 
-/** The job directories waiting for a job under `tmp`: <tmp>/ferry-worker-XXXX/job-XXXX. */
+/**
+ * The job directories waiting for a job under `tmp`: <tmp>/ferry-worker-XXXX/job-XXXX. (The other
+ * entry there, the directory gcc's driver is asked about with placeholder names, holds no job.)
+ */
 export function idleJobDirs(tmp: string): string[] {
   if (!existsSync(tmp)) return [];
-  return readdirSync(tmp).flatMap((root) => readdirSync(join(tmp, root)).map((d) => join(root, d)));
+  return readdirSync(tmp).flatMap((root) =>
+    readdirSync(join(tmp, root))
+      .filter((d) => d.startsWith('job-'))
+      .map((d) => join(root, d)),
+  );
 }
