@@ -1,7 +1,8 @@
 /**
  * Compiling without gcc's driver. For a job, `gcc -c source.i -o x.o` runs cc1 into a temporary
  * .s and then as, one after the other; the driver itself (its start, spec processing, path
- * searches, the temporary file) costs the worker more than as does for a small file. For a job's
+ * searches, the temporary file) is 7 % of a small job's CPU by perf's count of its own process, and
+ * a job through it cost 77-84 ms here against 65-69 ms for cc1 and as run alone. For a job's
  * shape (compiler, arguments, the form of the output name) those two commands are fixed, with the
  * job directory and the output name passing through, so they are learnt once from `gcc -###` with
  * placeholders, checked against the driver's answer for a real job, and run directly for later
