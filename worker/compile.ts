@@ -3,7 +3,7 @@
  * run the allowed compiler in a private directory, stream the outputs back, hand the directory on
  * emptied.
  */
-import { closeSync, mkdirSync, openSync, readFileSync, readSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, constants as fsConstants, mkdirSync, openSync, readFileSync, readSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -16,7 +16,7 @@ import type { Language__Output } from '../proto/generated/ferry/v1/Language';
 import { checkJobArgs, type ArgPolicy } from './arg-policy';
 import { diagnosticFiles, hasLocatedDiagnostics, lineMarkerPaths, mirrorPath, rewriteLineMarkers } from './excerpts';
 import type { CompilerTable } from './compilers';
-import type { CompileSteps, CompileTemplates } from './compile-steps';
+import { ASSEMBLY_NAME, type CompileSteps, type CompileTemplates } from './compile-steps';
 import { ExecError, type ExecHelper } from './exec-helper';
 import { JobRefused } from './job-refused';
 import type { JobDirs } from './job-dirs';
@@ -297,6 +297,8 @@ interface CompilerRun {
   signal: string;
   stdout: Buffer;
   stderr: Buffer;
+  /** cc1 and as ran at once, through a named pipe (runSteps). */
+  piped?: boolean;
 }
 
 /**
@@ -380,10 +382,15 @@ function compilerEnv(header: JobHeader__Output, jobDir: string): NodeJS.ProcessE
 }
 
 /**
- * Runs cc1 and then as as the driver would have (compile-steps.ts). Undefined when a step ended
- * in a way the driver reports in words of its own (a signal, an internal compiler error's status):
- * the job is then compiled again through the driver. A step's failure (status 1) ends the job as
- * the driver ends it: status 1, the messages so far.
+ * Runs cc1 and as as the driver would have (compile-steps.ts). Undefined when a step ended in a
+ * way the driver reports in words of its own (a signal, an internal compiler error's status): the
+ * job is then compiled again through the driver. A step's failure (status 1) ends the job as the
+ * driver ends it: status 1, the messages so far.
+ *
+ * `<jobDir>/assembly.s` is made a named pipe when the exec helper can make one: as then starts with
+ * cc1 and assembles each function as cc1 writes it, instead of starting after it (on a free core,
+ * its start-up and most of its work leave the job's latency). Both commands and the file name stay
+ * as learnt, so the object is the same as through a regular file.
  */
 async function runSteps(steps: CompileSteps, cwd: string, env: NodeJS.ProcessEnv, jobDir: string, deps: CompileDeps, signal: AbortSignal): Promise<CompilerRun | undefined> {
   const stepEnv = (lines: string[]) => ({ ...env, ...Object.fromEntries(lines.map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)])) });
@@ -391,17 +398,85 @@ async function runSteps(steps: CompileSteps, cwd: string, env: NodeJS.ProcessEnv
     deps.log(`${step} ${run.signal ? `was killed by ${run.signal}` : `exited with status ${run.exitCode}`}: compiling the job again through gcc's driver, for its own message`);
     return undefined;
   };
+  const runCc1 = () => runCompiler(steps.compiler.argv[0], steps.compiler.argv.slice(1), cwd, stepEnv(steps.compiler.env), { jobDir, name: 'cc1' }, deps, signal);
+  const runAs = (asSignal: AbortSignal, timeoutMs?: number) =>
+    runCompiler(steps.assembler.argv[0], steps.assembler.argv.slice(1), cwd, stepEnv(steps.assembler.env), { jobDir, name: 'as' }, deps, asSignal, timeoutMs);
+  const joined = (cc1: CompilerRun, as: CompilerRun, piped: boolean): CompilerRun | undefined => {
+    if (as.signal || as.exitCode > 1) return viaDriver(basename(steps.assembler.argv[0]), as);
+    return { exitCode: as.exitCode, signal: '', stdout: Buffer.concat([cc1.stdout, as.stdout]), stderr: Buffer.concat([cc1.stderr, as.stderr]), piped };
+  };
+
+  const fifo = join(jobDir, ASSEMBLY_NAME);
+  if (await makeFifo(fifo, deps)) {
+    // as goes when the job goes, or when cc1 fails (the driver would not have run it).
+    const asAborter = new AbortController();
+    const abortAs = () => asAborter.abort(signal.reason);
+    signal.addEventListener('abort', abortAs, { once: true });
+    const asRun = runAs(asAborter.signal);
+    // Handled below, whatever cc1 does first; without this a failed start of as would be an unhandled rejection meanwhile.
+    asRun.catch(() => undefined);
+    try {
+      let cc1: CompilerRun;
+      try {
+        cc1 = await runCc1();
+      } finally {
+        // cc1 always opens its output, but if it ended before, as would wait in open(2) for a writer.
+        releaseFifoReader(fifo, deps);
+      }
+      if (signal.aborted) return cc1;
+      if (cc1.signal || cc1.exitCode !== 0) {
+        asAborter.abort();
+        await asRun.catch(() => undefined);
+        if (cc1.signal || cc1.exitCode > 1) return viaDriver(basename(steps.compiler.argv[0]), cc1);
+        return { ...cc1, piped: true };
+      }
+      const as = await asRun;
+      if (signal.aborted) return as;
+      return joined(cc1, as, true);
+    } catch (err) {
+      asAborter.abort();
+      await asRun.catch(() => undefined);
+      throw err;
+    } finally {
+      signal.removeEventListener('abort', abortAs);
+    }
+  }
+
   const started = Date.now();
-  const cc1 = await runCompiler(steps.compiler.argv[0], steps.compiler.argv.slice(1), cwd, stepEnv(steps.compiler.env), { jobDir, name: 'cc1' }, deps, signal);
+  const cc1 = await runCc1();
   // A cancelled job ends here, whatever the kill made of the step.
   if (signal.aborted) return cc1;
   if (cc1.signal || cc1.exitCode > 1) return viaDriver(basename(steps.compiler.argv[0]), cc1);
   if (cc1.exitCode === 1) return cc1;
-  const remainingMs = Math.max(1, deps.limits.jobTimeoutMs - (Date.now() - started));
-  const as = await runCompiler(steps.assembler.argv[0], steps.assembler.argv.slice(1), cwd, stepEnv(steps.assembler.env), { jobDir, name: 'as' }, deps, signal, remainingMs);
+  const as = await runAs(signal, Math.max(1, deps.limits.jobTimeoutMs - (Date.now() - started)));
   if (signal.aborted) return as;
-  if (as.signal || as.exitCode > 1) return viaDriver(basename(steps.assembler.argv[0]), as);
-  return { exitCode: as.exitCode, signal: '', stdout: Buffer.concat([cc1.stdout, as.stdout]), stderr: Buffer.concat([cc1.stderr, as.stderr]) };
+  return joined(cc1, as, false);
+}
+
+/** Makes `path` a named pipe; false (cc1 then writes a regular file) when the exec helper cannot. */
+async function makeFifo(path: string, deps: CompileDeps): Promise<boolean> {
+  try {
+    await deps.exec.makeFifo(path);
+    return true;
+  } catch (err) {
+    // ENOSYS: no helper, which the worker logged when it started.
+    if (!(err instanceof ExecError) || err.errno !== 'ENOSYS') deps.log(`cannot make ${path} a named pipe (${errorMessage(err)}): cc1 and as run one after the other`);
+    return false;
+  }
+}
+
+/** Opens and closes the pipe's writing end, which lets a reader still in open(2) see the end. */
+function releaseFifoReader(path: string, deps: CompileDeps): void {
+  let fd;
+  try {
+    fd = openSync(path, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK);
+  } catch (err) {
+    // ENXIO: no reader any more, as is done. ENOENT: the job directory is being emptied.
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENXIO' && code !== 'ENOENT') deps.log(`cannot open ${path} to end as's input: ${errorMessage(err)}`);
+    return;
+  }
+  closeSync(fd);
 }
 
 /** Where the compiler runs, what it is told to compile, and what it needs for that. */
@@ -637,7 +712,7 @@ export function makeJobHandler(deps: CompileDeps) {
         });
         call.end();
         completed = true;
-        deps.log(`job ${jobId} ${header.sourceName || '?'}: ${header.compiler} exit ${run.exitCode} in ${(compileUs / 1000).toFixed(0)} ms${direct ? ' (cc1 and as, without the driver)' : ''}`);
+        deps.log(`job ${jobId} ${header.sourceName || '?'}: ${header.compiler} exit ${run.exitCode} in ${(compileUs / 1000).toFixed(0)} ms${direct ? ` (cc1 ${direct.piped ? 'piped into' : 'and'} as, without the driver)` : ''}`);
       } finally {
         release();
       }

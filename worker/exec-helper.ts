@@ -21,7 +21,7 @@ import { JobRefused } from './job-refused';
 export const DEFAULT_HELPER_PATH = join(__dirname, '..', 'bin', 'ferry-worker-exec');
 
 /** The "ready <version>" the helper must announce; a stale binary from another build is not used. */
-export const HELPER_PROTOCOL_VERSION = 1;
+export const HELPER_PROTOCOL_VERSION = 2;
 
 /** The helper refuses bigger requests; checked here too, so such a job fails without a round trip. */
 export const MAX_REQUEST_BYTES = 4 << 20;
@@ -75,14 +75,23 @@ export class ExecError extends FerryError {
 
 // ---------- the protocol (pure) ----------
 
+/** What the helper is asked: to start a program, or to make a named pipe. */
+export type HelperRequest = SpawnRequest | { fifo: string };
+
 /**
- * One request: "<id> <length>\n", then NUL-terminated fields: path, cwd, stdout file, stderr file,
- * argc, argv (argv[0] is the path, as child_process.spawn sets it), envc, env ("NAME=value").
+ * One request: "<id> <length>\n", then NUL-terminated fields: "spawn", path, cwd, stdout file,
+ * stderr file, argc, argv (argv[0] is the path, as child_process.spawn sets it), envc, env
+ * ("NAME=value"); or "fifo", path.
  */
-export function encodeRequest(id: number, request: SpawnRequest): Buffer {
-  const env = Object.entries(request.env).flatMap(([name, value]) => (value === undefined ? [] : [`${name}=${value}`]));
-  const argv = [request.path, ...request.args];
-  const fields = [request.path, request.cwd, request.stdoutPath, request.stderrPath, String(argv.length), ...argv, String(env.length), ...env];
+export function encodeRequest(id: number, request: HelperRequest): Buffer {
+  let fields: string[];
+  if ('fifo' in request) {
+    fields = ['fifo', request.fifo];
+  } else {
+    const env = Object.entries(request.env).flatMap(([name, value]) => (value === undefined ? [] : [`${name}=${value}`]));
+    const argv = [request.path, ...request.args];
+    fields = ['spawn', request.path, request.cwd, request.stdoutPath, request.stderrPath, String(argv.length), ...argv, String(env.length), ...env];
+  }
   const bad = fields.find((field) => field.includes('\0'));
   if (bad !== undefined) throw new ExecError('EINVAL', `a NUL byte in ${JSON.stringify(bad.slice(0, 80))}: it cannot be passed to a program`);
   const body = Buffer.from(`${fields.join('\0')}\0`);
@@ -96,6 +105,7 @@ export type Reply =
   | { kind: 'ready'; version: number }
   | { kind: 'started'; id: number; pid: number }
   | { kind: 'exited'; id: number; code: number | null; signalNumber: number | null }
+  | { kind: 'made'; id: number }
   | { kind: 'failed'; id: number; errno: number; message: string };
 
 /** A reply line of the helper, or undefined when it is not one (the helper is then not trusted further). */
@@ -107,6 +117,8 @@ export function parseReply(line: string): Reply | undefined {
   if (m && Number(m[2]) > 1) return { kind: 'started', id: Number(m[1]), pid: Number(m[2]) };
   m = /^exited (\d+) (?:(\d+)|- (\d+))$/.exec(line);
   if (m) return { kind: 'exited', id: Number(m[1]), code: m[2] === undefined ? null : Number(m[2]), signalNumber: m[3] === undefined ? null : Number(m[3]) };
+  m = /^made (\d+)$/.exec(line);
+  if (m) return { kind: 'made', id: Number(m[1]) };
   m = /^failed (\d+) (\d+) (.*)$/.exec(line);
   if (m) return { kind: 'failed', id: Number(m[1]), errno: Number(m[2]), message: m[3] };
   return undefined;
@@ -139,10 +151,12 @@ export function describeEnd(code: number | null, signal: string | null): string 
 // ---------- running programs ----------
 
 interface Waiter {
-  request: SpawnRequest;
+  request: HelperRequest;
   pid?: number;
   started(pid: number): void;
   exited(code: number | null, signal: string | null, status: number): void;
+  /** A fifo request's answer. */
+  made?(): void;
   failed(err: Error): void;
 }
 
@@ -302,6 +316,9 @@ class HelperProcess {
     if (this.waiters.size === 0) this.setRef(false);
     if (reply.kind === 'failed') {
       waiter.failed(new ExecError(errnoName(reply.errno), `${reply.message} (${errnoName(reply.errno)})`));
+    } else if (reply.kind === 'made' || waiter.made) {
+      if (reply.kind === 'made' && waiter.made) waiter.made();
+      else this.abandon(`it replied "${line}" to a request of another kind`);
     } else {
       const signal = reply.signalNumber === null ? null : signalName(reply.signalNumber);
       waiter.exited(reply.code, signal, statusOfExit(reply.code, reply.signalNumber));
@@ -388,6 +405,23 @@ export class ExecHelper {
     });
   }
 
+  /**
+   * Makes a named pipe (0600) at `path`, or finds one there. Only the helper can (Node has no
+   * mkfifo): without it this rejects with ExecError ENOSYS and the caller does without.
+   */
+  makeFifo(path: string): Promise<void> {
+    if (this.closing) return Promise.reject(stopping());
+    return new Promise((resolve, reject) => {
+      this.launch({
+        request: { fifo: path },
+        started: () => reject(new ExecError('EPROTO', 'a program was started for a named pipe request')),
+        exited: () => reject(new ExecError('EPROTO', 'a program exited for a named pipe request')),
+        made: resolve,
+        failed: reject,
+      });
+    });
+  }
+
   /** Ends the helper (it exits at EOF) and kills what still runs: the worker is stopping. */
   async close(): Promise<void> {
     this.closing = true;
@@ -405,8 +439,12 @@ export class ExecHelper {
 
   private launch(waiter: Waiter): void {
     const helper = this.current();
+    const { request } = waiter;
     if (!helper) {
-      void spawnDirect(waiter.request, waiter).catch((err: unknown) => waiter.failed(err as Error));
+      if ('fifo' in request) {
+        return waiter.failed(new ExecError('ENOSYS', `named pipes are made by ferry-worker-exec, which is not in use (${this.fallbackReason ?? 'stopping'})`));
+      }
+      void spawnDirect(request, waiter).catch((err: unknown) => waiter.failed(err as Error));
       return;
     }
     let frame: Buffer;

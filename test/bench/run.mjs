@@ -89,6 +89,8 @@ const Q = opts.quick;
 // --quick: one run, and distcc's ssh mode (about 1 s per job) only in (a).
 const CFG = {
   trivialJobs: Q ? 3 : 8,
+  // One heavy compile varies by a third from run to run on a shared VM: several per run, per job.
+  heavyJobs: Q ? 1 : 3,
   smallFiles: 200,
   jobs: 16,
   smallModes: Q ? ['ferry', 'distcc-L', 'local'] : ['ferry', 'distcc-L', 'distcc-ssh', 'local'],
@@ -96,6 +98,11 @@ const CFG = {
   cpp2Variants: Q ? [true] : [true, false],
   scalingWorkers: Q ? [1, 4] : [1, 2, 4],
   scalingJ: Q ? [] : [8, 16, 64],
+  // No target is a ratio against these: measured in the first run only, which keeps a full run
+  // within 20 minutes (distcc's ssh mode costs about 1 s per job).
+  onceModes: ['distcc-ssh', 'local'],
+  // The scaling grid is the longest part; its points get at most two runs.
+  scalingRuns: Math.min(opts.runs, 2),
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -322,8 +329,9 @@ function countCompileOk(files) {
   return files.reduce((n, f) => n + (readSafe(f).match(/COMPILE_OK/g) ?? []).length, 0);
 }
 /** Jobs the ferry-workers ran as cc1 and as, without gcc's driver (their job log lines say so). */
-function countWorkerDirect(files) {
-  return files.reduce((n, f) => n + (readSafe(f).match(/\(cc1 and as, without the driver\)$/gm) ?? []).length, 0);
+function countWorkerDirect(files, piped = false) {
+  const line = piped ? /\(cc1 piped into as, without the driver\)$/gm : /\(cc1 (and|piped into) as, without the driver\)$/gm;
+  return files.reduce((n, f) => n + (readSafe(f).match(line) ?? []).length, 0);
 }
 function rmObjects(dir) {
   for (const rel of listObjects(dir)) rmSync(join(dir, rel));
@@ -400,6 +408,8 @@ async function main() {
   cluster = new NsCluster(join(tmp, 'cluster'));
   const remotes = await cluster.start(nRemotes, procs, accounting);
   const S = opts.slots;
+  // `ip netns exec` execs the worker: these are the Node processes themselves (their compilers excluded).
+  const workerPids = [];
   const reg = (side, leaf, d) => accounting.kind === 'proc' && accounting.register(side, leaf, d.pid);
   for (const r of remotes) {
     for (const f of ['distccd.log', 'distccd-inetd.log']) {
@@ -410,9 +420,11 @@ async function main() {
       `#!/bin/sh\nexec /usr/bin/distccd "$@" --nice 0 --log-file ${join(r.dir, 'distccd-inetd.log')} --log-level info\n`);
     chmodSync(join(r.dir, 'distccd-inetd'), 0o755);
     const workerProfile = [...opts.nodeFlags, ...(opts.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${join(opts.profileDir, `worker-${r.name}`)}`] : [])];
-    reg('remote', 'ferry', await cluster.spawnIn(procs, r, 'ferry-worker', [process.execPath, ...workerProfile, WORKER, '--no-config', '--listen', `127.0.0.1:${WORKER_PORT}`, '--slots', String(S)], {
+    const worker = await cluster.spawnIn(procs, r, 'ferry-worker', [process.execPath, ...workerProfile, WORKER, '--no-config', '--listen', `127.0.0.1:${WORKER_PORT}`, '--slots', String(S)], {
       env: baseEnv, cgroupProcs: accounting.procs('remote', 'ferry'), log: join(r.dir, 'worker.log'), ready: /listening on/,
-    }));
+    });
+    reg('remote', 'ferry', worker);
+    workerPids.push(worker.pid);
     // Ferry's worker does not renice its compilers; distccd renices by 5 by default, which on shared cores
     // would hand the initiator's work priority over distcc's compiles only: --nice 0 for a fair comparison.
     reg('remote', 'distccd', await cluster.spawnIn(procs, r, 'distccd', ['/usr/bin/distccd', '--daemon', '--no-detach', '--allow', '127.0.0.1',
@@ -514,10 +526,13 @@ async function main() {
     const distccLogs = compileOkFiles[mode];
     const stats0 = usesFerry ? ferryCli(['stats', '--json']) : undefined;
     const direct0 = usesFerry ? countWorkerDirect(workerLogs) : 0;
+    const piped0 = usesFerry ? countWorkerDirect(workerLogs, true) : 0;
     const ok0 = distccLogs ? countCompileOk(distccLogs) : 0;
     const s0 = accounting.snapshot();
     const m0 = machineBusyUs();
     const c0 = usesFerry ? processCpuUs(coordinator.pid) : 0;
+    const workersCpu = () => workerPids.reduce((sum, pid) => sum + processCpuUs(pid), 0);
+    const w0 = mode === 'ferry' ? workersCpu() : 0;
     const t0 = process.hrtime.bigint();
     const r = await procs.run(argv, { env: e, cwd, cgroupProcs: accounting.procs('initiator', 'jobs'), log: join(tmp, `${mode}.log`), n });
     const wallUs = Number(process.hrtime.bigint() - t0) / 1000;
@@ -525,6 +540,8 @@ async function main() {
     const s1 = accounting.snapshot();
     // The coordinator's own threads, without the preprocessors its fork servers run (its children).
     const coordinatorUs = usesFerry ? processCpuUs(coordinator.pid) - c0 : undefined;
+    // The workers' Node processes alone (not their compilers); with ccache in front these also run for ferry.
+    const workerUs = mode === 'ferry' ? workersCpu() - w0 : undefined;
     const d = (side, leaf) => s1[side][leaf] - s0[side][leaf];
     const jobsUs = accounting.kind === 'cgroup' ? d('initiator', 'jobs') : r.childCpuUs;
     const initUs = jobsUs + M.init.reduce((s, l) => s + d('initiator', l), 0);
@@ -540,7 +557,7 @@ async function main() {
     const out = {
       wallUs, initUs, remoteUs, walls: r.walls, clientUs: r.childCpuUs, ownUs: r.ownUs.reduce((a, b) => a + b, 0), foreign,
       // The build's own process tree against the mode's long-lived processes, on each side.
-      initDaemonUs: initUs - jobsUs, remoteSshdUs: M.remote.includes('sshd') ? d('remote', 'sshd') : 0, coordinatorUs,
+      initDaemonUs: initUs - jobsUs, remoteSshdUs: M.remote.includes('sshd') ? d('remote', 'sshd') : 0, coordinatorUs, workerUs,
     };
     if (usesFerry) {
       const stats1 = ferryCli(['stats', '--json']);
@@ -559,6 +576,7 @@ async function main() {
         reruns: (stats1.jobs.exactReruns ?? 0) - (stats0.jobs.exactReruns ?? 0),
         // The workers log a job after its reply went out: a last line may trail the build a little.
         compiledDirect: countWorkerDirect(workerLogs) - direct0,
+        compiledPiped: countWorkerDirect(workerLogs, true) - piped0,
       };
       out.perHost = Object.fromEntries(Object.entries(stats1.hosts).map(([h, c]) => [h, c.jobs - (stats0.hosts[h]?.jobs ?? 0)]));
     }
@@ -577,7 +595,7 @@ async function main() {
   }
   const rotate = (all, k) => {
     const xs = all.filter((m) => !opts.modes || opts.modes.has(m));
-    return xs.map((_, i) => xs[(i + k) % xs.length]);
+    return xs.map((_, i) => xs[(i + k) % xs.length]).filter((m) => k === 0 || !CFG.onceModes.includes(m));
   };
   const record = (key, mode, value) => (((results[key] ??= {})[mode] ??= []).push(value));
 
@@ -630,13 +648,18 @@ async function main() {
         const N = CFG.trivialJobs;
         record('trivial', mode, {
           wallUs: t.walls.reduce((a, b) => a + b, 0) / N, initUs: t.initUs / N, remoteUs: t.remoteUs / N, clientUs: t.clientUs / N, ownUs: t.ownUs / N,
-          initDaemonUs: t.initDaemonUs / N, remoteSshdUs: t.remoteSshdUs / N,
+          initDaemonUs: t.initDaemonUs / N, remoteSshdUs: t.remoteSshdUs / N, coordinatorUs: t.coordinatorUs / N, workerUs: t.workerUs / N,
         });
         rmSync(join(dir, 'hello.o'));
+        // The reference modes run once (CFG.onceModes), one heavy job is enough for them.
+        const H = CFG.onceModes.includes(mode) ? 1 : CFG.heavyJobs;
         const h = await measure(mode, [...MODES[mode].cc('g++'), '-O2', '-c', 'heavy.cc', '-o', `${mode}/heavy.o`],
-          { cwd: join(W, 'a'), expectRemote: mode === 'local' ? 0 : 1, what: 'heavy' });
+          { cwd: join(W, 'a'), n: H, expectRemote: mode === 'local' ? 0 : H, what: 'heavy' });
         compareObjects(`(a) heavy.cc, ${mode}`, dir, join(W, 'a', 'ref'), ['heavy.o']);
-        record('heavy', mode, { wallUs: h.wallUs, initUs: h.initUs, remoteUs: h.remoteUs, clientUs: h.clientUs, initDaemonUs: h.initDaemonUs, remoteSshdUs: h.remoteSshdUs });
+        record('heavy', mode, {
+          wallUs: h.walls.reduce((a, b) => a + b, 0) / H, initUs: h.initUs / H, remoteUs: h.remoteUs / H, clientUs: h.clientUs / H,
+          initDaemonUs: h.initDaemonUs / H, remoteSshdUs: h.remoteSshdUs / H, coordinatorUs: h.coordinatorUs / H, workerUs: h.workerUs / H,
+        });
         rmObjects(dir);
       }
     }
@@ -657,6 +680,7 @@ async function main() {
     return {
       wallUs: r.wallUs, initUs: per(r.initUs), remoteUs: per(r.remoteUs), jobsPerS: CFG.smallFiles / (r.wallUs / 1e6), bytes: r.bytes, how: r.how,
       initDaemonUs: per(r.initDaemonUs), remoteSshdUs: per(r.remoteSshdUs), coordinatorUs: r.coordinatorUs === undefined ? undefined : per(r.coordinatorUs),
+      workerUs: r.workerUs === undefined ? undefined : per(r.workerUs),
     };
   };
   if (want('b')) {
@@ -715,7 +739,7 @@ async function main() {
     results.scalingPoints = points;
     // 2 workers at -j16 is (b) itself: its rows are reused when (b) ran.
     const reuse = (p) => p.w === 2 && p.j === CFG.jobs && results.small?.ferry && results.small?.['distcc-L'];
-    for (let run = 0; run < opts.runs; run++) {
+    for (let run = 0; run < CFG.scalingRuns; run++) {
       for (const p of points.filter((x) => !reuse(x))) {
         for (const mode of rotate(['ferry', 'distcc-L'], run)) {
           if (mode === 'ferry') await ferryHostsUp(p.w);
@@ -770,7 +794,8 @@ function report(started) {
     p(`\nFerry over these runs: ${sum('jobs')} jobs; ${sum('direct')} preprocessed without gcc's driver (the cc1 command learnt for their argv shape), ` +
       `${sum('forked')} of them by a fork server (a started cc1 forked for the job); ` +
       `${sum('reruns')} compiled a second time with -fdirectives-only because the fully preprocessed run printed something (\`jobs.exactReruns\`); ` +
-      `on the workers, ${sum('compiledDirect')} compiled by cc1 and as without gcc's driver (their commands learnt per job shape; worker logs).`);
+      `on the workers, ${sum('compiledDirect')} compiled by cc1 and as without gcc's driver (their commands learnt per job shape; worker logs), ` +
+      `${sum('compiledPiped')} of them with cc1 writing into as through a named pipe.`);
   };
   const loadLine = (pred) => {
     const xs = (R.foreign ?? []).filter((x) => pred(x.what)).map((x) => x.foreign);
@@ -796,7 +821,8 @@ function report(started) {
   p(`- machine: ${NPROC} cores (\`nproc\`), CPU ${model}, kernel ${release()}; Node ${process.version}; ${ver('gcc --version')}; ` +
     `${ver('distcc --version')}; ${ver('ccache --version')}; ${ver('ssh -V')}; ${ver('cmake --version')}; ninja ${ver('ninja --version')}`);
   p(`- command: \`npm run bench --${process.argv.slice(2).length ? ` ${process.argv.slice(2).join(' ')}` : ''}\` ` +
-    `(runs: ${opts.runs}${opts.quick ? ', --quick' : ''}; modes interleaved round robin; cells: median [min..max] over runs)`);
+    `(runs: ${opts.runs}${opts.quick ? ', --quick' : ''}; modes interleaved round robin; cells: median [min..max] over runs` +
+    (opts.runs > 1 ? `; ${CFG.onceModes.join(' and ')}, which no target compares against, in the first run only; scaling points ${CFG.scalingRuns} runs` : '') + ')');
   p(`- cluster: ${cluster.remotes.length} remotes in network namespaces (own sshd; ferry-worker and \`distccd --allow 127.0.0.1 --listen 127.0.0.1 --nice 0\` ` +
     `on the namespace's loopback only), ${opts.slots} slots per host on both sides; 2 remotes unless a row says otherwise`);
   p(`- **all sides share the same ${NPROC} cores**: the initiator, every remote's sshd, worker or distccd and its compilers. ` +
@@ -825,7 +851,7 @@ function report(started) {
     p('## (a) One job at a time');
     p();
     p(`trivial = hello.c (\`gcc -O2 -c\`, includes stdio.h), ${CFG.trivialJobs} jobs one after the other per run, per job; heavy = heavy.cc (iostream, regex, map, ` +
-      'unordered_map, sstream…, `g++ -O2 -c`), one job per run.');
+      `unordered_map, sstream…, \`g++ -O2 -c\`), ${CFG.heavyJobs} job${CFG.heavyJobs > 1 ? 's' : ''} one after the other per run (${CFG.onceModes.join(' and ')}: one), per job.`);
     p();
     p('| file | mode | wall per job | initiator CPU per job | of which daemons | remote CPU per job | of which sshd |');
     p('|---|---|---|---|---|---|---|');
@@ -848,6 +874,12 @@ function report(started) {
         `distcc, ssh -L ${col(R.trivial, 'distcc-L', 'ownUs', fmtMs)} / ${col(R.trivial, 'distcc-L', 'clientUs', fmtMs)} (its cpp); ` +
         `local gcc driver ${col(R.trivial, 'local', 'ownUs', fmtMs)} / ${col(R.trivial, 'local', 'clientUs', fmtMs)} (cc1, as).`);
     }
+    for (const [key, name] of [['trivial', 'trivial'], ['heavy', 'heavy']]) {
+      if (!R[key]?.ferry) continue;
+      p(`
+Ferry's processes per ${name} job (/proc/PID/stat, their children excluded): coordinator ${col(R[key], 'ferry', 'coordinatorUs', fmtMs)}, ` +
+        `workers' Node processes ${col(R[key], 'ferry', 'workerUs', fmtMs)}.`);
+    }
     p();
   }
 
@@ -867,7 +899,8 @@ function report(started) {
     howLine(R.small);
     if (R.small.ferry) {
       p(`\nFerry's "daemons" are its coordinator and the preprocessors its fork servers run; the coordinator process alone: ` +
-        `${col(R.small, 'ferry', 'coordinatorUs', fmtMs)} per job (/proc/PID/stat).`);
+        `${col(R.small, 'ferry', 'coordinatorUs', fmtMs)} per job; the workers' Node processes alone (their compilers excluded): ` +
+        `${col(R.small, 'ferry', 'workerUs', fmtMs)} per job (/proc/PID/stat).`);
     }
     p();
   }
@@ -922,7 +955,7 @@ function report(started) {
     p(`## Scaling on (b): ${CFG.smallFiles} small C files`);
     p();
     p(`${opts.slots} slots per worker. The remotes share the machine's ${NPROC} cores, so more workers add slots and connections but no CPU. ` +
-      `The row for 2 workers at -j${CFG.jobs} is (b).`);
+      `${CFG.scalingRuns} run${CFG.scalingRuns > 1 ? 's' : ''} per point; the row for 2 workers at -j${CFG.jobs} is (b), with its ${opts.runs}.`);
     p();
     p('| workers | make -j | ferry jobs/s | distcc ssh -L jobs/s | ratio | ferry initiator CPU/job | distcc initiator CPU/job | ratio |');
     p('|---|---|---|---|---|---|---|---|');

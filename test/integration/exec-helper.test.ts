@@ -250,6 +250,36 @@ describe('running programs through ferry-worker-exec', () => {
   });
 });
 
+describe('named pipes made by ferry-worker-exec', () => {
+  it('makes a 0600 named pipe, accepts one already there, and refuses to replace another file', async () => {
+    const { exec } = newHelper();
+    const fifo = join(dir, 'assembly.s');
+    await exec.makeFifo(fifo);
+    const info = statSync(fifo);
+    expect(info.isFIFO()).toBe(true);
+    expect(info.mode & 0o777).toBe(0o600);
+    await exec.makeFifo(fifo);
+    expect(statSync(fifo).isFIFO()).toBe(true);
+    const regular = join(dir, 'regular.s');
+    writeFileSync(regular, 'kept');
+    await expect(exec.makeFifo(regular)).rejects.toMatchObject({ errno: 'EEXIST' });
+    expect(readFileSync(regular, 'utf8')).toBe('kept');
+    await expect(exec.makeFifo(join(dir, 'no-such-dir', 'a.s'))).rejects.toMatchObject({ errno: 'ENOENT' });
+  });
+
+  it('carries what one program writes to another reading it, both started at once', async () => {
+    const { exec } = newHelper();
+    const fifo = join(dir, 'pipe-between.s');
+    await exec.makeFifo(fifo);
+    const reader = options();
+    const reading = exec.run('/bin/cat', [fifo], reader);
+    const written = await exec.run('/bin/sh', ['-c', `printf 'one\\ntwo\\n' > ${fifo}`], options());
+    expect(written.status).toBe(0);
+    expect((await reading).status).toBe(0);
+    expect(reader.read().stdout).toBe('one\ntwo\n');
+  });
+});
+
 describe('when ferry-worker-exec cannot be used', () => {
   it('falls back to child_process.spawn, saying so in one log line, and works the same', async () => {
     const { exec, log } = newHelper(join(dir, 'nowhere', 'ferry-worker-exec'));
@@ -267,11 +297,14 @@ describe('when ferry-worker-exec cannot be used', () => {
     expect(timedOut).toMatchObject({ signal: 'SIGKILL', timedOut: true });
     await waitFor('the grandchild to die', () => !isRunning(Number(readFileSync(pidFile, 'utf8'))));
     expect(exec.helperPid).toBeUndefined();
+    // Named pipes only come from the helper: without it the caller is told, with ENOSYS, to do without.
+    await expect(exec.makeFifo(join(dir, 'fallback.s'))).rejects.toMatchObject({ errno: 'ENOSYS' });
+    expect(existsSync(join(dir, 'fallback.s'))).toBe(false);
     expect(log).toHaveLength(1);
   });
 
   it.each([
-    ['speaks another protocol', 'echo ready 99; exec cat > /dev/null', /cannot be used: it speaks protocol 99, this worker 1/],
+    ['speaks another protocol', 'echo ready 99; exec cat > /dev/null', /cannot be used: it speaks protocol 99, this worker 2/],
     ['exits at once', 'echo "broken build" >&2; exit 3', /cannot be used: exited with status 3: broken build;/],
   ])('falls back when the helper %s, running what was sent to it the other way', async (_what, script, reason) => {
     const fake = join(dir, `fake-helper-${runCount++}`);
@@ -321,7 +354,7 @@ describe('the ferry-worker-exec protocol', () => {
 
   it('refuses a request over 4 MiB and serves the next one', async () => {
     const raw = startRaw();
-    expect(await raw.line()).toBe('ready 1');
+    expect(await raw.line()).toBe('ready 2');
     const size = (4 << 20) + 1;
     raw.child.stdin!.write(`1 ${size}\n`);
     raw.child.stdin!.write(Buffer.alloc(size, 'x'));
@@ -335,7 +368,7 @@ describe('the ferry-worker-exec protocol', () => {
 
   /** NUL-terminated fields, then `tail` as is. */
   const fields = (values: string[], tail = '') => Buffer.from(values.map((v) => `${v}\x00`).join('') + tail);
-  const paths = ['/bin/true', '/', join(tmpdir(), 'ferry-raw-never.out'), join(tmpdir(), 'ferry-raw-never.err')];
+  const paths = ['spawn', '/bin/true', '/', join(tmpdir(), 'ferry-raw-never.out'), join(tmpdir(), 'ferry-raw-never.err')];
 
   it.each([
     ['no fields', () => Buffer.alloc(0)],
@@ -345,10 +378,15 @@ describe('the ferry-worker-exec protocol', () => {
     ['no argv[0]', () => fields([...paths, '0', '0'])],
     ['fewer env entries than envc', () => fields([...paths, '1', 'true', '2', 'A=1'])],
     ['bytes after the last field', () => fields([...paths, '1', 'true', '0'], 'extra')],
+    ['no kind', () => fields(paths.slice(1))],
+    ['an unknown kind', () => fields(['exec', ...paths.slice(1), '1', 'true', '0'])],
+    ['a fifo without its path', () => fields(['fifo'])],
+    ['a fifo with a relative path', () => fields(['fifo', 'assembly.s'])],
+    ['a fifo with a second path', () => fields(['fifo', join(tmpdir(), 'ferry-raw-never.s'), 'x'])],
   ])('answers a request with %s as malformed and goes on', async (_what, makeBody) => {
     const body = makeBody();
     const raw = startRaw();
-    expect(await raw.line()).toBe('ready 1');
+    expect(await raw.line()).toBe('ready 2');
     raw.child.stdin!.write(Buffer.concat([Buffer.from(`5 ${body.length}\n`), body]));
     raw.child.stdin!.write(request(6, '/bin/true'));
     expect(await raw.line()).toMatch(/^failed 5 22 malformed request/);
@@ -360,7 +398,7 @@ describe('the ferry-worker-exec protocol', () => {
 
   it('exits with a message on a header it cannot frame', async () => {
     const raw = startRaw();
-    expect(await raw.line()).toBe('ready 1');
+    expect(await raw.line()).toBe('ready 2');
     raw.child.stdin!.write('not a header\n');
     expect(await raw.exited).toBe(2);
     expect(raw.stderr()).toMatch(/^ferry-worker-exec: malformed request header "not a header"/);
@@ -368,7 +406,7 @@ describe('the ferry-worker-exec protocol', () => {
 
   it('exits at EOF at once, leaving running programs to the worker', async () => {
     const raw = startRaw();
-    expect(await raw.line()).toBe('ready 1');
+    expect(await raw.line()).toBe('ready 2');
     raw.child.stdin!.write(request(1, '/bin/sleep', ['300']));
     const pid = Number(/^started 1 (\d+)$/.exec(await raw.line())![1]);
     raw.child.stdin!.end();

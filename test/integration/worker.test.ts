@@ -118,7 +118,8 @@ describe('ferry-worker', () => {
     const good = execFileSync('gcc', ['-O1', '-E', '-'], { input: 'static int twice(int x) { return 2 * x; }\nint f(int y) { return twice(y) + 1; }\n' }).toString();
     const warns = '# 1 "warns.c"\nint g(void) { int unused; return 0; }\n';
     const fails = '# 1 "fails.c"\nint h(void) { return missing; }\n';
-    const directJobs = () => worker.output().split('\n').filter((l) => l.endsWith('(cc1 and as, without the driver)')).length;
+    // ferry-worker-exec is built beside the worker: cc1 hands its assembly to as through a named pipe.
+    const directJobs = () => worker.output().split('\n').filter((l) => l.endsWith('(cc1 piped into as, without the driver)')).length;
 
     // The first two jobs of the shape go through the driver; the second has its commands learnt.
     for (let i = 0; i < 2; i++) expect((await compileOnce(client, shaped(good.length), Buffer.from(good), { deadlineMs: 20_000 })).result.exitCode).toBe(0);

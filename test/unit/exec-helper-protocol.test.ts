@@ -25,7 +25,7 @@ const REQUEST: SpawnRequest = {
 };
 
 describe('the exec helper request', () => {
-  it('is "<id> <length>\\n" then NUL-terminated fields: path, cwd, stdout, stderr, argc, argv, envc, env', () => {
+  it('is "<id> <length>\\n" then NUL-terminated fields: spawn, path, cwd, stdout, stderr, argc, argv, envc, env', () => {
     const frame = encodeRequest(7, REQUEST);
     const newline = frame.indexOf('\n');
     const [id, length] = frame.subarray(0, newline).toString().split(' ');
@@ -34,7 +34,7 @@ describe('the exec helper request', () => {
     expect(Number(length)).toBe(body.length);
     expect(body[body.length - 1]).toBe(0);
     expect(body.subarray(0, -1).toString().split('\0')).toEqual([
-      '/usr/bin/gcc', '/tmp/job', '/tmp/job/compiler.stdout', '/tmp/job/compiler.stderr',
+      'spawn', '/usr/bin/gcc', '/tmp/job', '/tmp/job/compiler.stdout', '/tmp/job/compiler.stderr',
       '5', '/usr/bin/gcc', '-c', 'x.i', '-o', 'x.o',
       '2', 'PATH=/usr/bin', 'LANG=C',
     ]);
@@ -44,7 +44,12 @@ describe('the exec helper request', () => {
     const frame = encodeRequest(1, { ...REQUEST, args: ['', 'ü'], env: {} });
     const newline = frame.indexOf('\n');
     expect(Number(frame.subarray(0, newline).toString().split(' ')[1])).toBe(frame.length - newline - 1);
-    expect(frame.subarray(newline + 1, -1).toString().split('\0').slice(4)).toEqual(['3', '/usr/bin/gcc', '', 'ü', '0']);
+    expect(frame.subarray(newline + 1, -1).toString().split('\0').slice(5)).toEqual(['3', '/usr/bin/gcc', '', 'ü', '0']);
+  });
+
+  it('asks for a named pipe as fifo, path', () => {
+    expect(encodeRequest(3, { fifo: '/tmp/job/assembly.s' }).toString()).toBe('3 25\nfifo\0/tmp/job/assembly.s\0');
+    expect(() => encodeRequest(3, { fifo: '/tmp/a\0b' })).toThrow(/NUL byte/);
   });
 
   it.each([
@@ -76,6 +81,7 @@ describe('exec helper replies', () => {
     ['exited 12 0', { kind: 'exited', id: 12, code: 0, signalNumber: null }],
     ['exited 12 255', { kind: 'exited', id: 12, code: 255, signalNumber: null }],
     ['exited 3 - 9', { kind: 'exited', id: 3, code: null, signalNumber: 9 }],
+    ['made 8', { kind: 'made', id: 8 }],
     ['failed 4 2 No such file or directory', { kind: 'failed', id: 4, errno: 2, message: 'No such file or directory' }],
     ['failed 4 28 cannot create the stderr file: No space left on device', { kind: 'failed', id: 4, errno: 28, message: 'cannot create the stderr file: No space left on device' }],
     // Not replies: the helper is abandoned.
@@ -91,6 +97,8 @@ describe('exec helper replies', () => {
     ['failed 1 x msg', undefined],
     ['ferry-worker-exec: something', undefined],
     ['started 1 20 ', undefined],
+    ['made', undefined],
+    ['made 8 x', undefined],
   ])('%j', (line, expected) => {
     expect(parseReply(line)).toEqual(expected);
   });

@@ -7,15 +7,19 @@
  * CLONE_VFORK: no copy of anything.
  *
  * Protocol. Requests on stdin, replies on stdout, one process serves many jobs at once:
- *   request: "<id> <length>\n" followed by <length> bytes (at most 4 MiB) of NUL-terminated fields:
- *            path, cwd, stdout file, stderr file, argc, argv[0..argc), envc, env[0..envc)
- *            (paths absolute; argc and envc in decimal).
+ *   request: "<id> <length>\n" followed by <length> bytes (at most 4 MiB) of NUL-terminated fields,
+ *            the first of which names the request:
+ *            "spawn", path, cwd, stdout file, stderr file, argc, argv[0..argc), envc, env[0..envc)
+ *            (paths absolute; argc and envc in decimal);
+ *            "fifo", path: a named pipe (0600) there, through which cc1 hands its assembly to as
+ *            while it compiles (Node has no mkfifo).
  *   replies, one line each:
  *            "ready <protocol version>"        once, before any request is read
  *            "started <id> <pid>"              the compiler runs, in its own session and process group
  *            "exited <id> <code>"              it exited with that status
  *            "exited <id> - <signal number>"   a signal killed it
- *            "failed <id> <errno> <message>"   it could not be started (nothing runs)
+ *            "made <id>"                       the named pipe is there
+ *            "failed <id> <errno> <message>"   it could not be started (nothing runs) or made
  * The compiler's stdin is /dev/null; its stdout and stderr go to the two files, created 0600 (never through
  * a symlink). On EOF on stdin (the worker stopped or died) this process exits at once: the compilers'
  * process groups are the worker's to kill, and init reaps what is left.
@@ -35,11 +39,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define PROTOCOL_VERSION 1
+#define PROTOCOL_VERSION 2
 #define MAX_REQUEST_BYTES (4u << 20)
 #define MAX_HEADER_BYTES 64
 #define MAX_ID_DIGITS 20
@@ -209,8 +214,30 @@ static void spawn_compiler(const char *id, const char *path, const char *cwd, co
     reply("started %s %d", id, (int)pid);
 }
 
+/* A job directory is emptied between jobs, but a named pipe left there is as good as a new one. */
+static void make_fifo(const char *id, const char *path) {
+    struct stat info;
+    if (mkfifo(path, 0600) == 0 || (errno == EEXIST && lstat(path, &info) == 0 && S_ISFIFO(info.st_mode)))
+        reply("made %s", id);
+    else
+        failed(id, errno, "cannot make the named pipe");
+}
+
 static void handle_request(const char *id, char *body, size_t length) {
     char *at = body, *end = body + length;
+    char *kind = next_field(&at, end);
+    if (kind && strcmp(kind, "fifo") == 0) {
+        char *fifo = next_field(&at, end);
+        if (!fifo || fifo[0] != '/' || at != end)
+            reply("failed %s %d malformed request (expected fifo, absolute path)", id, EINVAL);
+        else
+            make_fifo(id, fifo);
+        return;
+    }
+    if (!kind || strcmp(kind, "spawn") != 0) {
+        reply("failed %s %d malformed request (its first field must be spawn or fifo)", id, EINVAL);
+        return;
+    }
     char *path = next_field(&at, end);
     char *cwd = next_field(&at, end);
     char *out_path = next_field(&at, end);
@@ -220,7 +247,7 @@ static void handle_request(const char *id, char *body, size_t length) {
     long envc = argv ? count_field(next_field(&at, end), MAX_REQUEST_BYTES / 2) : -1;
     char **envp = envc >= 0 ? string_array(&at, end, envc) : NULL;
     if (!path || !cwd || !out_path || !err_path || !argv || !envp || at != end) {
-        reply("failed %s %d malformed request (expected path, cwd, stdout, stderr, argc, argv, envc, env)", id, EINVAL);
+        reply("failed %s %d malformed request (expected spawn, path, cwd, stdout, stderr, argc, argv, envc, env)", id, EINVAL);
     } else {
         spawn_compiler(id, path, cwd, out_path, err_path, argv, envp);
     }
