@@ -1,8 +1,9 @@
 // `npm run bench`: Ferry against distcc on the same simulated cluster, measured side by side.
 //   npm run bench [-- --runs N] [--quick] [--slots N] [--only a,b,c,d,scaling,rss] [--accounting proc]
 //                 [--modes ferry,distcc-L,distcc-ssh,local] [--distcc-tunnel session|plain] [--timeout SECONDS]
-// Needs root (network namespaces, cgroups), `npm run build`, distcc + distccd, ccache, cmake, ninja,
-// openssh-server, iproute2. Prints markdown tables and writes them to test/bench/results/latest.md.
+// Needs root (network namespaces, cgroups). From a fresh clone it installs what it runs from Debian's
+// archive (distcc, ccache, cmake, ninja, openssh-server, iproute2, dpkg-dev), runs `npm ci` and builds
+// Ferry when they are missing. Prints markdown tables and writes them to test/bench/results/latest.md.
 //
 // The cluster: remotes r1…r4, each a network namespace with its own sshd, a ferry-worker and a distccd,
 // both listening only on the namespace's 127.0.0.1 (so only SSH reaches them). The initiator is this
@@ -352,13 +353,42 @@ function phase(name) {
 const results = {}; // filled by the workloads, read by the report
 const notes = [];
 
+/** Debian packages the bench runs (the tests' own come from .ci/run), by the binary that tells they are there. */
+const BENCH_PACKAGES = {
+  '/usr/bin/distcc': 'distcc', '/usr/bin/distccd': 'distcc', '/usr/bin/ccache': 'ccache', '/usr/sbin/sshd': 'openssh-server',
+  '/usr/bin/ssh': 'openssh-client', '/usr/bin/cmake': 'cmake', '/usr/bin/ninja': 'ninja-build', '/usr/bin/make': 'make',
+  '/usr/bin/gcc': 'gcc', '/usr/bin/g++': 'g++', '/usr/bin/ip': 'iproute2', '/usr/bin/ss': 'iproute2', '/usr/bin/dpkg-source': 'dpkg-dev',
+};
+
+/** A fresh clone on a fresh machine: installs what is missing from Debian's archive, then builds Ferry when dist/ is not there. */
+function installPrerequisites() {
+  const missing = [...new Set(Object.entries(BENCH_PACKAGES).filter(([bin]) => !existsSync(bin)).map(([, pkg]) => pkg))];
+  if (missing.length) {
+    say(`installing ${missing.join(' ')} (apt-get)`);
+    const aptEnv = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+    execFileSync('apt-get', ['-qq', 'update'], { stdio: ['ignore', 'ignore', 'inherit'], env: aptEnv, timeout: 300_000 });
+    execFileSync('apt-get', ['-qq', 'install', '-y', '--no-install-recommends', ...missing], { stdio: ['ignore', 'ignore', 'inherit'], env: aptEnv, timeout: 900_000 });
+  }
+  // sshd's privilege separation directory (a packaged sshd normally gets it from systemd).
+  mkdirSync('/run/sshd', { recursive: true });
+  if (!existsSync(join(REPO, 'node_modules'))) {
+    say('installing the npm dependencies (npm ci)');
+    execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: REPO, stdio: ['ignore', 'ignore', 'inherit'], timeout: 900_000 });
+  }
+  if (![FERRY, CLI, WORKER].every((f) => existsSync(f))) {
+    say('building Ferry (npm run build)');
+    execFileSync(process.execPath, [join(REPO, 'cli', 'build.mjs')], { cwd: REPO, stdio: ['ignore', 'ignore', 'inherit'], timeout: 600_000 });
+  }
+}
+
 async function main() {
   const started = new Date();
   phase('setup');
   // ---- prerequisites ----
   if (process.getuid?.() !== 0) throw new Error('needs root (network namespaces, cgroups)');
+  installPrerequisites();
   for (const need of [FERRY, CLI, WORKER, '/usr/sbin/sshd', '/usr/bin/distcc', '/usr/bin/distccd', '/usr/bin/ccache', '/usr/bin/ssh']) {
-    if (!existsSync(need)) throw new Error(`${need} is missing (run \`npm run build\`; apt-get install distcc ccache openssh-server)`);
+    if (!existsSync(need)) throw new Error(`${need} is missing after installing and building (see the lines above)`);
   }
   for (const tool of ['cmake', 'ninja', 'make', 'gcc', 'g++', 'ip', 'ss']) {
     try {
