@@ -407,50 +407,46 @@ async function runSteps(steps: CompileSteps, cwd: string, env: NodeJS.ProcessEnv
   };
 
   const fifo = join(jobDir, ASSEMBLY_NAME);
-  if (await makeFifo(fifo, deps)) {
-    // as goes when the job goes, or when cc1 fails (the driver would not have run it).
-    const asAborter = new AbortController();
-    const abortAs = () => asAborter.abort(signal.reason);
-    signal.addEventListener('abort', abortAs, { once: true });
-    const asRun = runAs(asAborter.signal);
-    // Handled below, whatever cc1 does first; without this a failed start of as would be an unhandled rejection meanwhile.
-    asRun.catch(() => undefined);
+  const piped = await makeFifo(fifo, deps);
+  // Piped, as starts now and goes when the job goes, or when cc1 fails (the driver would not have run it).
+  const asAborter = new AbortController();
+  const abortAs = () => asAborter.abort(signal.reason);
+  signal.addEventListener('abort', abortAs, { once: true });
+  const asRun = piped ? runAs(asAborter.signal) : undefined;
+  // Handled below, whatever cc1 does first; without this a failed start of as would be an unhandled rejection meanwhile.
+  asRun?.catch(() => undefined);
+  const stopAs = async () => {
+    asAborter.abort();
+    await asRun?.catch(() => undefined);
+  };
+  try {
+    const started = Date.now();
+    let cc1: CompilerRun;
     try {
-      let cc1: CompilerRun;
-      try {
-        cc1 = await runCc1();
-      } finally {
-        // cc1 always opens its output, but if it ended before, as would wait in open(2) for a writer.
-        releaseFifoReader(fifo, deps);
-      }
-      if (signal.aborted) return cc1;
-      if (cc1.signal || cc1.exitCode !== 0) {
-        asAborter.abort();
-        await asRun.catch(() => undefined);
-        if (cc1.signal || cc1.exitCode > 1) return viaDriver(basename(steps.compiler.argv[0]), cc1);
-        return { ...cc1, piped: true };
-      }
-      const as = await asRun;
-      if (signal.aborted) return as;
-      return joined(cc1, as, true);
-    } catch (err) {
-      asAborter.abort();
-      await asRun.catch(() => undefined);
-      throw err;
+      cc1 = await runCc1();
     } finally {
-      signal.removeEventListener('abort', abortAs);
+      // cc1 always opens its output, but if it ended before, as would wait in open(2) for a writer.
+      if (piped) releaseFifoReader(fifo, deps);
     }
+    // A cancelled job ends here, whatever the kill made of the step.
+    if (signal.aborted) {
+      await stopAs();
+      return cc1;
+    }
+    if (cc1.signal || cc1.exitCode !== 0) {
+      await stopAs();
+      if (cc1.signal || cc1.exitCode > 1) return viaDriver(basename(steps.compiler.argv[0]), cc1);
+      return { ...cc1, piped };
+    }
+    const as = await (asRun ?? runAs(signal, Math.max(1, deps.limits.jobTimeoutMs - (Date.now() - started))));
+    if (signal.aborted) return as;
+    return joined(cc1, as, piped);
+  } catch (err) {
+    await stopAs();
+    throw err;
+  } finally {
+    signal.removeEventListener('abort', abortAs);
   }
-
-  const started = Date.now();
-  const cc1 = await runCc1();
-  // A cancelled job ends here, whatever the kill made of the step.
-  if (signal.aborted) return cc1;
-  if (cc1.signal || cc1.exitCode > 1) return viaDriver(basename(steps.compiler.argv[0]), cc1);
-  if (cc1.exitCode === 1) return cc1;
-  const as = await runAs(signal, Math.max(1, deps.limits.jobTimeoutMs - (Date.now() - started)));
-  if (signal.aborted) return as;
-  return joined(cc1, as, false);
 }
 
 /** Makes `path` a named pipe; false (cc1 then writes a regular file) when the exec helper cannot. */

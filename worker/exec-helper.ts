@@ -307,6 +307,10 @@ class HelperProcess {
     }
     const waiter = this.waiters.get(reply.id);
     if (!this.ready || !waiter) return this.abandon(`it replied "${line}" for no request it had`);
+    // "made" answers a fifo request and only that; "failed" answers either.
+    if (reply.kind !== 'failed' && (reply.kind === 'made') !== ('fifo' in waiter.request)) {
+      return this.abandon(`it replied "${line}" to a request of another kind`);
+    }
     if (reply.kind === 'started') {
       waiter.pid = reply.pid;
       waiter.started(reply.pid);
@@ -316,9 +320,8 @@ class HelperProcess {
     if (this.waiters.size === 0) this.setRef(false);
     if (reply.kind === 'failed') {
       waiter.failed(new ExecError(errnoName(reply.errno), `${reply.message} (${errnoName(reply.errno)})`));
-    } else if (reply.kind === 'made' || waiter.made) {
-      if (reply.kind === 'made' && waiter.made) waiter.made();
-      else this.abandon(`it replied "${line}" to a request of another kind`);
+    } else if (reply.kind === 'made') {
+      waiter.made?.();
     } else {
       const signal = reply.signalNumber === null ? null : signalName(reply.signalNumber);
       waiter.exited(reply.code, signal, statusOfExit(reply.code, reply.signalNumber));
@@ -414,8 +417,9 @@ export class ExecHelper {
     return new Promise((resolve, reject) => {
       this.launch({
         request: { fifo: path },
-        started: () => reject(new ExecError('EPROTO', 'a program was started for a named pipe request')),
-        exited: () => reject(new ExecError('EPROTO', 'a program exited for a named pipe request')),
+        // Not reached: a reply of the spawn kind to this request makes the helper abandoned (handle).
+        started: () => undefined,
+        exited: () => undefined,
         made: resolve,
         failed: reject,
       });
