@@ -329,10 +329,16 @@ function compareObjects(what, dir, ref, only) {
 function countCompileOk(files) {
   return files.reduce((n, f) => n + (readSafe(f).match(/COMPILE_OK/g) ?? []).length, 0);
 }
-/** Jobs the ferry-workers ran as cc1 and as, without gcc's driver (their job log lines say so). */
-function countWorkerDirect(files, piped = false) {
-  const line = piped ? /\(cc1 piped into as, without the driver\)$/gm : /\(cc1 (and|piped into) as, without the driver\)$/gm;
-  return files.reduce((n, f) => n + (readSafe(f).match(line) ?? []).length, 0);
+/** Jobs the ferry-workers ran as cc1 and as without gcc's driver, and those of them piped (their job log lines say so). */
+function countWorkerDirect(files) {
+  const counts = { direct: 0, piped: 0 };
+  for (const f of files) {
+    for (const [, how] of readSafe(f).matchAll(/\(cc1 (and|piped into) as, without the driver\)$/gm)) {
+      counts.direct++;
+      if (how === 'piped into') counts.piped++;
+    }
+  }
+  return counts;
 }
 function rmObjects(dir) {
   for (const rel of listObjects(dir)) rmSync(join(dir, rel));
@@ -387,15 +393,8 @@ async function main() {
   // ---- prerequisites ----
   if (process.getuid?.() !== 0) throw new Error('needs root (network namespaces, cgroups)');
   installPrerequisites();
-  for (const need of [FERRY, CLI, WORKER, '/usr/sbin/sshd', '/usr/bin/distcc', '/usr/bin/distccd', '/usr/bin/ccache', '/usr/bin/ssh']) {
+  for (const need of [FERRY, CLI, WORKER, ...Object.keys(BENCH_PACKAGES)]) {
     if (!existsSync(need)) throw new Error(`${need} is missing after installing and building (see the lines above)`);
-  }
-  for (const tool of ['cmake', 'ninja', 'make', 'gcc', 'g++', 'ip', 'ss']) {
-    try {
-      execFileSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' });
-    } catch {
-      throw new Error(`${tool} is missing`);
-    }
   }
   const cg = opts.accounting === 'proc' ? { mount: undefined, notes: ['--accounting proc given'] } : findCgroup2();
   if (!cg.mount && opts.accounting === 'cgroup') throw new Error(`no usable cgroup2: ${cg.notes.join('; ')}`);
@@ -555,8 +554,7 @@ async function main() {
     const usesFerry = mode === 'ferry' || e.CCACHE_PREFIX === FERRY;
     const distccLogs = compileOkFiles[mode];
     const stats0 = usesFerry ? ferryCli(['stats', '--json']) : undefined;
-    const direct0 = usesFerry ? countWorkerDirect(workerLogs) : 0;
-    const piped0 = usesFerry ? countWorkerDirect(workerLogs, true) : 0;
+    const direct0 = usesFerry ? countWorkerDirect(workerLogs) : undefined;
     const ok0 = distccLogs ? countCompileOk(distccLogs) : 0;
     const s0 = accounting.snapshot();
     const m0 = machineBusyUs();
@@ -599,14 +597,15 @@ async function main() {
       }
       out.bytes = { raw: stats1.bytes.sourceRaw - stats0.bytes.sourceRaw, sent: stats1.bytes.sourceSent - stats0.bytes.sourceSent };
       // How Ferry preprocessed: without gcc's driver, and how many jobs went round twice for exact messages.
+      const direct1 = countWorkerDirect(workerLogs);
       out.how = {
         jobs: remote,
         direct: (stats1.jobs.preprocessedDirect ?? 0) - (stats0.jobs.preprocessedDirect ?? 0),
         forked: (stats1.jobs.preprocessedForked ?? 0) - (stats0.jobs.preprocessedForked ?? 0),
         reruns: (stats1.jobs.exactReruns ?? 0) - (stats0.jobs.exactReruns ?? 0),
         // The workers log a job after its reply went out: a last line may trail the build a little.
-        compiledDirect: countWorkerDirect(workerLogs) - direct0,
-        compiledPiped: countWorkerDirect(workerLogs, true) - piped0,
+        compiledDirect: direct1.direct - direct0.direct,
+        compiledPiped: direct1.piped - direct0.piped,
       };
       out.perHost = Object.fromEntries(Object.entries(stats1.hosts).map(([h, c]) => [h, c.jobs - (stats0.hosts[h]?.jobs ?? 0)]));
     }
@@ -628,6 +627,14 @@ async function main() {
     return xs.map((_, i) => xs[(i + k) % xs.length]).filter((m) => k === 0 || !CFG.onceModes.includes(m));
   };
   const record = (key, mode, value) => (((results[key] ??= {})[mode] ??= []).push(value));
+  /** A measurement of n jobs one after the other, per job (the figures a mode has no process for stay undefined). */
+  const perJob = (m, n) => {
+    const per = (x) => (x === undefined ? undefined : x / n);
+    return {
+      wallUs: m.walls.reduce((a, b) => a + b, 0) / n, initUs: per(m.initUs), remoteUs: per(m.remoteUs), clientUs: per(m.clientUs), ownUs: per(m.ownUs),
+      initDaemonUs: per(m.initDaemonUs), remoteSshdUs: per(m.remoteSshdUs), coordinatorUs: per(m.coordinatorUs), workerUs: per(m.workerUs),
+    };
+  };
 
   // Warm-up: every mode compiles once (connections up, caches warm, the distcc paths proven).
   await ferryHostsUp(2);
@@ -675,21 +682,14 @@ async function main() {
         const t = await measure(mode, [...MODES[mode].cc('gcc'), '-O2', '-c', 'hello.c', '-o', `${mode}/hello.o`],
           { cwd: join(W, 'a'), n: CFG.trivialJobs, expectRemote: mode === 'local' ? 0 : CFG.trivialJobs, what: 'trivial' });
         compareObjects(`(a) hello.c, ${mode}`, dir, join(W, 'a', 'ref'), ['hello.o']);
-        const N = CFG.trivialJobs;
-        record('trivial', mode, {
-          wallUs: t.walls.reduce((a, b) => a + b, 0) / N, initUs: t.initUs / N, remoteUs: t.remoteUs / N, clientUs: t.clientUs / N, ownUs: t.ownUs / N,
-          initDaemonUs: t.initDaemonUs / N, remoteSshdUs: t.remoteSshdUs / N, coordinatorUs: t.coordinatorUs / N, workerUs: t.workerUs / N,
-        });
+        record('trivial', mode, perJob(t, CFG.trivialJobs));
         rmSync(join(dir, 'hello.o'));
         // The reference modes run once (CFG.onceModes), one heavy job is enough for them.
         const H = CFG.onceModes.includes(mode) ? 1 : CFG.heavyJobs;
         const h = await measure(mode, [...MODES[mode].cc('g++'), '-O2', '-c', 'heavy.cc', '-o', `${mode}/heavy.o`],
           { cwd: join(W, 'a'), n: H, expectRemote: mode === 'local' ? 0 : H, what: 'heavy' });
         compareObjects(`(a) heavy.cc, ${mode}`, dir, join(W, 'a', 'ref'), ['heavy.o']);
-        record('heavy', mode, {
-          wallUs: h.walls.reduce((a, b) => a + b, 0) / H, initUs: h.initUs / H, remoteUs: h.remoteUs / H, clientUs: h.clientUs / H,
-          initDaemonUs: h.initDaemonUs / H, remoteSshdUs: h.remoteSshdUs / H, coordinatorUs: h.coordinatorUs / H, workerUs: h.workerUs / H,
-        });
+        record('heavy', mode, perJob(h, H));
         rmObjects(dir);
       }
     }
@@ -906,8 +906,7 @@ function report(started) {
     }
     for (const [key, name] of [['trivial', 'trivial'], ['heavy', 'heavy']]) {
       if (!R[key]?.ferry) continue;
-      p(`
-Ferry's processes per ${name} job (/proc/PID/stat, their children excluded): coordinator ${col(R[key], 'ferry', 'coordinatorUs', fmtMs)}, ` +
+      p(`\nFerry's processes per ${name} job (/proc/PID/stat, their children excluded): coordinator ${col(R[key], 'ferry', 'coordinatorUs', fmtMs)}, ` +
         `workers' Node processes ${col(R[key], 'ferry', 'workerUs', fmtMs)}.`);
     }
     p();
