@@ -26,7 +26,7 @@ import type { Scheduler } from './scheduler';
 import type { Notices } from './notices';
 import type { StatsStore } from './stats';
 import type { DriverTemplates } from './driver-template';
-import type { ForkServers } from './fork-server';
+import type { ForkServers } from '../proto/fork-server';
 
 export const LAUNCHER_PROTOCOL = 2;
 /** The native launcher of this installation (dist/bin/ferry). */

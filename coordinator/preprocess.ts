@@ -12,7 +12,7 @@ import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchRep
 import type { PreprocessResult__Output } from '../proto/generated/ferry/launcher/v1/PreprocessResult';
 import type { RemotePlan } from './classify';
 import type { DriverTemplates } from './driver-template';
-import type { ForkServers } from './fork-server';
+import type { ForkServers } from '../proto/fork-server';
 import { removeIfPresent } from './object-writer';
 
 export interface Preprocessed {

@@ -20,7 +20,7 @@ import type { LaunchReply } from '../proto/generated/ferry/launcher/v1/LaunchRep
 import { runJob, type JobContext, type JobOutcome } from './job';
 import { DriverTemplates } from './driver-template';
 import { runDriver } from '../proto/driver-commands';
-import { ForkServers } from './fork-server';
+import { FORK_SERVER_LIBRARY, ForkServers } from '../proto/fork-server';
 import { makePreprocessDir, removePreprocessDir } from './preprocess-dir';
 import { LocalSlots } from './local-slots';
 import { Notices } from './notices';
@@ -149,7 +149,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     log,
     preprocessDir: makePreprocessDir(join(paths.dir, 'cpp'), '/dev/shm', log),
     driverTemplates: new DriverTemplates(runDriver, log),
-    forkServers: new ForkServers(paths.dir, log),
+    forkServers: new ForkServers(paths.dir, log, FORK_SERVER_LIBRARY, true),
     record: (job) => {
       jobsDone++;
       recent.push(job);

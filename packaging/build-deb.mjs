@@ -64,6 +64,11 @@ try {
   const helper = join(lib, 'dist', 'bin', 'ferry-worker-exec');
   run(process.env.CC || 'cc', ['-O2', '-Wall', '-Wextra', '-std=c11', '-D_GNU_SOURCE', '-o', helper, join(root, 'worker', 'native', 'exec-helper.c')], { stdio: ['ignore', 'inherit', 'inherit'] });
   chmodSync(helper, 0o755);
+  // 1c. The fork servers' library, where proto/fork-server.ts looks for it (../lib from dist/proto).
+  mkdirSync(join(lib, 'dist', 'lib'));
+  const forkServer = join(lib, 'dist', 'lib', 'ferry-fork-server.so');
+  run(process.env.CC || 'cc', ['-O2', '-Wall', '-Wextra', '-std=c11', '-D_GNU_SOURCE', '-shared', '-fPIC', '-o', forkServer, join(root, 'cli', 'native', 'fork-server.c'), '-ldl'], { stdio: ['ignore', 'inherit', 'inherit'] });
+  chmodSync(forkServer, 0o644);
 
   // 2. The .proto files, where proto/load.ts looks for them (../../proto from dist/proto).
   mkdirSync(join(lib, 'proto'));

@@ -16,6 +16,8 @@ import type { Language__Output } from '../proto/generated/ferry/v1/Language';
 import { checkJobArgs, type ArgPolicy } from './arg-policy';
 import { diagnosticFiles, hasLocatedDiagnostics, lineMarkerPaths, mirrorPath, rewriteLineMarkers } from './excerpts';
 import type { CompilerTable } from './compilers';
+import type { DriverCommand } from '../proto/driver-commands';
+import type { ForkServers } from '../proto/fork-server';
 import { ASSEMBLY_NAME, type CompileSteps, type CompileTemplates } from './compile-steps';
 import { ExecError, type ExecHelper } from './exec-helper';
 import { JobRefused } from './job-refused';
@@ -84,6 +86,8 @@ export interface CompileDeps {
   exec: ExecHelper;
   /** cc1 and as run without gcc's driver, for job shapes it has learnt; absent: always the driver. */
   compileSteps?: CompileTemplates;
+  /** Started copies of cc1 and as that those steps are forked from; absent: they are exec'd. */
+  forkServers?: ForkServers;
   log: (line: string) => void;
 }
 
@@ -299,6 +303,8 @@ interface CompilerRun {
   stderr: Buffer;
   /** cc1 and as ran at once, through a named pipe (runSteps). */
   piped?: boolean;
+  /** Forked from a started copy of the program (a fork server), not exec'd; runSteps: both steps. */
+  forked?: boolean;
 }
 
 /**
@@ -336,7 +342,7 @@ async function runCompiler(
   args: string[],
   cwd: string,
   env: NodeJS.ProcessEnv,
-  capture: { jobDir: string; name: string },
+  capture: { jobDir: string; name: string; forkServer?: string },
   deps: CompileDeps,
   signal: AbortSignal,
   timeoutMs = deps.limits.jobTimeoutMs,
@@ -345,7 +351,7 @@ async function runCompiler(
   const stderrPath = join(capture.jobDir, `${capture.name}.stderr`);
   let run;
   try {
-    run = await deps.exec.run(path, args, { cwd, env, stdoutPath, stderrPath, signal, timeoutMs });
+    run = await deps.exec.run(path, args, { cwd, env, stdoutPath, stderrPath, signal, timeoutMs, forkServer: capture.forkServer });
   } catch (err) {
     if (!(err instanceof ExecError)) throw err;
     // The job directory's disk is full: not the compiler's fault.
@@ -364,7 +370,7 @@ async function runCompiler(
   }
   const stdout = readCapped(stdoutPath, deps.limits.maxMessageBytes);
   const stderr = readCapped(stderrPath, deps.limits.maxMessageBytes);
-  return { exitCode: run.status, signal: run.signal ?? '', stdout, stderr };
+  return { exitCode: run.status, signal: run.signal ?? '', stdout, stderr, forked: run.forked };
 }
 
 /** The compiler's variables, TMPDIR aside. */
@@ -398,12 +404,16 @@ async function runSteps(steps: CompileSteps, cwd: string, env: NodeJS.ProcessEnv
     deps.log(`${step} ${run.signal ? `was killed by ${run.signal}` : `exited with status ${run.exitCode}`}: compiling the job again through gcc's driver, for its own message`);
     return undefined;
   };
-  const runCc1 = () => runCompiler(steps.compiler.argv[0], steps.compiler.argv.slice(1), cwd, stepEnv(steps.compiler.env), { jobDir, name: 'cc1' }, deps, signal);
-  const runAs = (asSignal: AbortSignal, timeoutMs?: number) =>
-    runCompiler(steps.assembler.argv[0], steps.assembler.argv.slice(1), cwd, stepEnv(steps.assembler.env), { jobDir, name: 'as' }, deps, asSignal, timeoutMs);
+  const step = (command: DriverCommand, name: string, stepSignal: AbortSignal, timeoutMs?: number) => {
+    const stepEnvironment = stepEnv(command.env);
+    const forkServer = deps.forkServers?.socketFor(command.argv[0], stepEnvironment);
+    return runCompiler(command.argv[0], command.argv.slice(1), cwd, stepEnvironment, { jobDir, name, forkServer }, deps, stepSignal, timeoutMs);
+  };
+  const runCc1 = () => step(steps.compiler, 'cc1', signal);
+  const runAs = (asSignal: AbortSignal, timeoutMs?: number) => step(steps.assembler, 'as', asSignal, timeoutMs);
   const joined = (cc1: CompilerRun, as: CompilerRun, piped: boolean): CompilerRun | undefined => {
     if (as.signal || as.exitCode > 1) return viaDriver(basename(steps.assembler.argv[0]), as);
-    return { exitCode: as.exitCode, signal: '', stdout: Buffer.concat([cc1.stdout, as.stdout]), stderr: Buffer.concat([cc1.stderr, as.stderr]), piped };
+    return { exitCode: as.exitCode, signal: '', stdout: Buffer.concat([cc1.stdout, as.stdout]), stderr: Buffer.concat([cc1.stderr, as.stderr]), piped, forked: cc1.forked && as.forked };
   };
 
   const fifo = join(jobDir, ASSEMBLY_NAME);
@@ -708,7 +718,7 @@ export function makeJobHandler(deps: CompileDeps) {
         });
         call.end();
         completed = true;
-        deps.log(`job ${jobId} ${header.sourceName || '?'}: ${header.compiler} exit ${run.exitCode} in ${(compileUs / 1000).toFixed(0)} ms${direct ? ` (cc1 ${direct.piped ? 'piped into' : 'and'} as, without the driver)` : ''}`);
+        deps.log(`job ${jobId} ${header.sourceName || '?'}: ${header.compiler} exit ${run.exitCode} in ${(compileUs / 1000).toFixed(0)} ms${direct ? ` (cc1 ${direct.piped ? 'piped into' : 'and'} as, without the driver${direct.forked ? ', forked' : ''})` : ''}`);
       } finally {
         release();
       }

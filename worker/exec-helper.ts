@@ -21,7 +21,7 @@ import { JobRefused } from './job-refused';
 export const DEFAULT_HELPER_PATH = join(__dirname, '..', 'bin', 'ferry-worker-exec');
 
 /** The "ready <version>" the helper must announce; a stale binary from another build is not used. */
-export const HELPER_PROTOCOL_VERSION = 2;
+export const HELPER_PROTOCOL_VERSION = 3;
 
 /** The helper refuses bigger requests; checked here too, so such a job fails without a round trip. */
 export const MAX_REQUEST_BYTES = 4 << 20;
@@ -40,6 +40,8 @@ export interface SpawnRequest {
   /** Files (absolute paths) created 0600 for the program's stdout and stderr. */
   stdoutPath: string;
   stderrPath: string;
+  /** The socket of a fork server of `path` (proto/fork-server.ts): the job is forked from it, not exec'd. */
+  forkServer?: string;
 }
 
 export interface RunOptions {
@@ -52,6 +54,11 @@ export interface RunOptions {
   /** Past this, the process group is killed and the run resolves with timedOut. */
   timeoutMs?: number;
   onStarted?: (pid: number) => void;
+  /**
+   * A fork server of this program (its socket): the helper has it fork the job. One that cannot take
+   * it (gone, refusing) leaves the job to be exec'd as usual, and is logged once.
+   */
+  forkServer?: string;
 }
 
 export interface RunResult {
@@ -63,6 +70,8 @@ export interface RunResult {
   /** Shell-style: the code, or 128 + the signal number. */
   status: number;
   timedOut: boolean;
+  /** A fork server ran it (RunOptions.forkServer), not exec. */
+  forked: boolean;
 }
 
 /** A program that could not be started: nothing ran. `errno` is the system's code ("ENOENT"). */
@@ -81,7 +90,7 @@ export type HelperRequest = SpawnRequest | { fifo: string };
 /**
  * One request: "<id> <length>\n", then NUL-terminated fields: "spawn", path, cwd, stdout file,
  * stderr file, argc, argv (argv[0] is the path, as child_process.spawn sets it), envc, env
- * ("NAME=value"); or "fifo", path.
+ * ("NAME=value"); "fork", the fork server's socket, then the same as spawn; or "fifo", path.
  */
 export function encodeRequest(id: number, request: HelperRequest): Buffer {
   let fields: string[];
@@ -90,7 +99,8 @@ export function encodeRequest(id: number, request: HelperRequest): Buffer {
   } else {
     const env = Object.entries(request.env).flatMap(([name, value]) => (value === undefined ? [] : [`${name}=${value}`]));
     const argv = [request.path, ...request.args];
-    fields = ['spawn', request.path, request.cwd, request.stdoutPath, request.stderrPath, String(argv.length), ...argv, String(env.length), ...env];
+    const kind = request.forkServer === undefined ? ['spawn'] : ['fork', request.forkServer];
+    fields = [...kind, request.path, request.cwd, request.stdoutPath, request.stderrPath, String(argv.length), ...argv, String(env.length), ...env];
   }
   const bad = fields.find((field) => field.includes('\0'));
   if (bad !== undefined) throw new ExecError('EINVAL', `a NUL byte in ${JSON.stringify(bad.slice(0, 80))}: it cannot be passed to a program`);
@@ -347,6 +357,8 @@ export class ExecHelper {
   private nextId = 1;
   private closing = false;
   private readonly log: (line: string) => void;
+  /** Fork servers that once could not take a job: said once each. */
+  private readonly forkServersTold = new Set<string>();
 
   constructor(options: ExecHelperOptions) {
     this.path = options.path ?? DEFAULT_HELPER_PATH;
@@ -388,8 +400,9 @@ export class ExecHelper {
         clearTimeout(timer);
         options.signal?.removeEventListener('abort', kill);
       };
-      this.launch({
-        request: { path, args, cwd: options.cwd, env: options.env, stdoutPath: options.stdoutPath, stderrPath: options.stderrPath },
+      const request: SpawnRequest = { path, args, cwd: options.cwd, env: options.env, stdoutPath: options.stdoutPath, stderrPath: options.stderrPath };
+      const waiter: Waiter = {
+        request: options.forkServer === undefined ? request : { ...request, forkServer: options.forkServer },
         started: (startedPid) => {
           pid = startedPid;
           options.onStarted?.(startedPid);
@@ -398,14 +411,27 @@ export class ExecHelper {
         },
         exited: (code, signal, status) => {
           finish();
-          resolve({ pid: pid ?? 0, code, signal, status, timedOut });
+          resolve({ pid: pid ?? 0, code, signal, status, timedOut, forked: 'forkServer' in waiter.request && waiter.request.forkServer !== undefined });
         },
         failed: (err) => {
+          // Nothing ran: a fork server that could not take the job leaves it to be exec'd.
+          if ('forkServer' in waiter.request && waiter.request.forkServer !== undefined && err instanceof ExecError && !this.closing) {
+            this.forkFailed(waiter.request.forkServer, path, err);
+            waiter.request = request;
+            return this.launch(waiter);
+          }
           finish();
           reject(err);
         },
-      });
+      };
+      this.launch(waiter);
     });
+  }
+
+  private forkFailed(socket: string, path: string, err: ExecError): void {
+    if (this.forkServersTold.has(socket)) return;
+    this.forkServersTold.add(socket);
+    this.log(`the fork server of ${path} (${socket}) could not take a job: ${err.message}; such jobs are exec'd (said once per server)`);
   }
 
   /**

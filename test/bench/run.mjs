@@ -329,13 +329,17 @@ function compareObjects(what, dir, ref, only) {
 function countCompileOk(files) {
   return files.reduce((n, f) => n + (readSafe(f).match(/COMPILE_OK/g) ?? []).length, 0);
 }
-/** Jobs the ferry-workers ran as cc1 and as without gcc's driver, and those of them piped (their job log lines say so). */
+/**
+ * Jobs the ferry-workers ran as cc1 and as without gcc's driver, those of them piped, and those
+ * forked from started copies (their job log lines say so).
+ */
 function countWorkerDirect(files) {
-  const counts = { direct: 0, piped: 0 };
+  const counts = { direct: 0, piped: 0, forked: 0 };
   for (const f of files) {
-    for (const [, how] of readSafe(f).matchAll(/\(cc1 (and|piped into) as, without the driver\)$/gm)) {
+    for (const [, how, forked] of readSafe(f).matchAll(/\(cc1 (and|piped into) as, without the driver(, forked)?\)$/gm)) {
       counts.direct++;
       if (how === 'piped into') counts.piped++;
+      if (forked) counts.forked++;
     }
   }
   return counts;
@@ -606,6 +610,7 @@ async function main() {
         // The workers log a job after its reply went out: a last line may trail the build a little.
         compiledDirect: direct1.direct - direct0.direct,
         compiledPiped: direct1.piped - direct0.piped,
+        compiledForked: direct1.forked - direct0.forked,
       };
       out.perHost = Object.fromEntries(Object.entries(stats1.hosts).map(([h, c]) => [h, c.jobs - (stats0.hosts[h]?.jobs ?? 0)]));
     }
@@ -825,7 +830,7 @@ function report(started) {
       `${sum('forked')} of them by a fork server (a started cc1 forked for the job); ` +
       `${sum('reruns')} compiled a second time with -fdirectives-only because the fully preprocessed run printed something (\`jobs.exactReruns\`); ` +
       `on the workers, ${sum('compiledDirect')} compiled by cc1 and as without gcc's driver (their commands learnt per job shape; worker logs), ` +
-      `${sum('compiledPiped')} of them with cc1 writing into as through a named pipe.`);
+      `${sum('compiledPiped')} of them with cc1 writing into as through a named pipe, ${sum('compiledForked')} with both forked from started copies (fork servers).`);
   };
   const loadLine = (pred) => {
     const xs = (R.foreign ?? []).filter((x) => pred(x.what)).map((x) => x.foreign);

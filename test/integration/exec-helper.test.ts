@@ -12,11 +12,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { leftoverFiles } from '../support/job-files';
 import { compileOnce } from '../support/jobs';
 import { loadWorkerProto } from '../../proto/load';
-import { ExecError, ExecHelper, encodeRequest, type RunOptions } from '../../worker/exec-helper';
+import { ExecError, ExecHelper, HELPER_PROTOCOL_VERSION, encodeRequest, type RunOptions } from '../../worker/exec-helper';
 import { JobRefused } from '../../worker/job-refused';
 import { ROOT, startProcess, WORKER_MAIN, type Started } from '../support/processes';
 
 const HELPER = join(ROOT, 'dist', 'bin', 'ferry-worker-exec');
+const FORK_SERVER_LIBRARY = join(ROOT, 'dist', 'lib', 'ferry-fork-server.so');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 let dir: string;
@@ -304,7 +305,7 @@ describe('when ferry-worker-exec cannot be used', () => {
   });
 
   it.each([
-    ['speaks another protocol', 'echo ready 99; exec cat > /dev/null', /cannot be used: it speaks protocol 99, this worker 2/],
+    ['speaks another protocol', 'echo ready 99; exec cat > /dev/null', new RegExp(`cannot be used: it speaks protocol 99, this worker ${HELPER_PROTOCOL_VERSION}`)],
     ['exits at once', 'echo "broken build" >&2; exit 3', /cannot be used: exited with status 3: broken build;/],
   ])('falls back when the helper %s, running what was sent to it the other way', async (_what, script, reason) => {
     const fake = join(dir, `fake-helper-${runCount++}`);
@@ -316,6 +317,82 @@ describe('when ferry-worker-exec cannot be used', () => {
     expect(o.read().stdout).toBe('ran\n');
     expect(log.filter((line) => /cannot be used/.test(line))).toEqual([expect.stringMatching(reason)]);
     expect(exec.fallback).toBeDefined();
+  });
+});
+
+/** A fork server of /bin/sh (cli/native/fork-server.c serves any program with glibc's start-up). */
+async function startShellServer(): Promise<{ socket: string; child: ChildProcess }> {
+  const socket = join(dir, `sh-${runCount++}.sock`);
+  const child = spawn('/bin/sh', [], { env: { LD_PRELOAD: FORK_SERVER_LIBRARY, FERRY_FORK_SERVER_SOCKET: socket }, stdio: ['pipe', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no fork server of /bin/sh within 10 s (is ${FORK_SERVER_LIBRARY} built?)`)), 10_000);
+    child.stdout!.once('data', (d: Buffer) => (d.toString() === 'ready\n' ? resolve() : reject(new Error(`fork server said ${d.toString()}`))));
+    child.once('exit', (code) => reject(new Error(`fork server exited with ${code}`)));
+  }).catch((err: unknown) => {
+    child.kill('SIGKILL');
+    throw err;
+  });
+  return { socket, child };
+}
+
+describe('jobs forked by a fork server', () => {
+  const servers: ChildProcess[] = [];
+  afterAll(() => {
+    for (const server of servers) server.kill('SIGKILL');
+  });
+  const server = async () => {
+    const started = await startShellServer();
+    servers.push(started.child);
+    return started;
+  };
+  /** The parent of a process, from /proc. */
+  const parentOf = (pid: number) => Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')[1]);
+
+  it('reports codes, signals and output as a spawned job does, from a process of the server', async () => {
+    const { socket, child } = await server();
+    const { exec, log } = newHelper();
+    const o = options({ forkServer: socket });
+    let parent = 0;
+    const result = await exec.run('/bin/sh', ['-c', 'echo out; echo err >&2; sleep 0.2; exit 4'], { ...o, onStarted: (pid) => (parent = parentOf(pid)) });
+    expect(result).toMatchObject({ code: 4, signal: null, status: 4, forked: true });
+    expect(parent).toBe(child.pid);
+    expect(o.read()).toEqual({ stdout: 'out\n', stderr: 'err\n' });
+    expect(await exec.run('/bin/sh', ['-c', 'kill -KILL $$'], options({ forkServer: socket }))).toMatchObject({ signal: 'SIGKILL', status: 137, forked: true });
+    // The job's working directory and environment are the request's.
+    const env = options({ forkServer: socket, env: { PATH: '/usr/bin:/bin', GREETING: 'hello' }, cwd: '/usr' });
+    expect(await exec.run('/bin/sh', ['-c', 'echo "$GREETING from $(pwd)"'], env)).toMatchObject({ status: 0, forked: true });
+    expect(env.read().stdout).toBe('hello from /usr\n');
+    expect(log).toEqual([]);
+  });
+
+  it('kills a timed-out job with its whole process group', async () => {
+    const { socket } = await server();
+    const { exec } = newHelper();
+    const pidFile = join(dir, `forked-grandchild-${runCount++}.pid`);
+    const result = await exec.run('/bin/sh', withGrandchild(pidFile), options({ forkServer: socket, timeoutMs: 500 }));
+    expect(result).toMatchObject({ signal: 'SIGKILL', timedOut: true, forked: true });
+    await waitFor('the grandchild to die', () => !isRunning(Number(readFileSync(pidFile, 'utf8'))));
+  });
+
+  it('ends a job as killed when its server dies, and the job with it', async () => {
+    const { socket, child } = await server();
+    const { exec } = newHelper();
+    let jobPid = 0;
+    const run = exec.run('/bin/sh', ['-c', 'sleep 300'], options({ forkServer: socket, onStarted: (pid) => (jobPid = pid) }));
+    await waitFor('the job to start', () => jobPid > 0);
+    child.kill('SIGKILL');
+    expect(await run).toMatchObject({ signal: 'SIGKILL', forked: true });
+    await waitFor('the job to die with its server', () => !isRunning(jobPid));
+  });
+
+  it('execs a job whose server cannot be reached, saying so once', async () => {
+    const { exec, log } = newHelper();
+    const gone = join(dir, 'no-server.sock');
+    const o = options({ forkServer: gone });
+    expect(await exec.run('/bin/sh', ['-c', 'echo ran; exit 3'], o)).toMatchObject({ status: 3, forked: false });
+    expect(o.read().stdout).toBe('ran\n');
+    expect(await exec.run('/bin/sh', ['-c', 'exit 0'], options({ forkServer: gone }))).toMatchObject({ status: 0, forked: false });
+    expect(log).toEqual([expect.stringMatching(/^the fork server of \/bin\/sh \(.*no-server\.sock\) could not take a job: cannot reach the fork server: No such file or directory \(ENOENT\); such jobs are exec'd/)]);
   });
 });
 
@@ -354,7 +431,7 @@ describe('the ferry-worker-exec protocol', () => {
 
   it('refuses a request over 4 MiB and serves the next one', async () => {
     const raw = startRaw();
-    expect(await raw.line()).toBe('ready 2');
+    expect(await raw.line()).toBe(`ready ${HELPER_PROTOCOL_VERSION}`);
     const size = (4 << 20) + 1;
     raw.child.stdin!.write(`1 ${size}\n`);
     raw.child.stdin!.write(Buffer.alloc(size, 'x'));
@@ -383,10 +460,12 @@ describe('the ferry-worker-exec protocol', () => {
     ['a fifo without its path', () => fields(['fifo'])],
     ['a fifo with a relative path', () => fields(['fifo', 'assembly.s'])],
     ['a fifo with a second path', () => fields(['fifo', join(tmpdir(), 'ferry-raw-never.s'), 'x'])],
+    ['a fork without its socket', () => fields(['fork'])],
+    ['a fork without the fields after its socket', () => fields(['fork', join(tmpdir(), 'ferry-raw-never.sock'), ...paths.slice(1)])],
   ])('answers a request with %s as malformed and goes on', async (_what, makeBody) => {
     const body = makeBody();
     const raw = startRaw();
-    expect(await raw.line()).toBe('ready 2');
+    expect(await raw.line()).toBe(`ready ${HELPER_PROTOCOL_VERSION}`);
     raw.child.stdin!.write(Buffer.concat([Buffer.from(`5 ${body.length}\n`), body]));
     raw.child.stdin!.write(request(6, '/bin/true'));
     expect(await raw.line()).toMatch(/^failed 5 22 malformed request/);
@@ -398,7 +477,7 @@ describe('the ferry-worker-exec protocol', () => {
 
   it('exits with a message on a header it cannot frame', async () => {
     const raw = startRaw();
-    expect(await raw.line()).toBe('ready 2');
+    expect(await raw.line()).toBe(`ready ${HELPER_PROTOCOL_VERSION}`);
     raw.child.stdin!.write('not a header\n');
     expect(await raw.exited).toBe(2);
     expect(raw.stderr()).toMatch(/^ferry-worker-exec: malformed request header "not a header"/);
@@ -406,7 +485,7 @@ describe('the ferry-worker-exec protocol', () => {
 
   it('exits at EOF at once, leaving running programs to the worker', async () => {
     const raw = startRaw();
-    expect(await raw.line()).toBe('ready 2');
+    expect(await raw.line()).toBe(`ready ${HELPER_PROTOCOL_VERSION}`);
     raw.child.stdin!.write(request(1, '/bin/sleep', ['300']));
     const pid = Number(/^started 1 (\d+)$/.exec(await raw.line())![1]);
     raw.child.stdin!.end();

@@ -15,7 +15,7 @@ import { loadLauncherCodec } from '../../proto/load';
 import type { PreprocessResult__Output } from '../../proto/generated/ferry/launcher/v1/PreprocessResult';
 import { parseDriverOutput } from '../../coordinator/driver-template';
 import type { DriverCommand } from '../../proto/driver-commands';
-import { ForkServers, forkServerFits } from '../../coordinator/fork-server';
+import { ForkServers, forkServerFits } from '../../proto/fork-server';
 import { ROOT } from '../support/processes';
 
 const codec = loadLauncherCodec();
@@ -92,7 +92,7 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'ferry-fork-server-'));
   runtime = join(dir, 'runtime');
   mkdirSync(runtime, { mode: 0o700 });
-  servers = new ForkServers(runtime, (line) => logs.push(line), join(ROOT, 'dist', 'lib', 'ferry-fork-server.so'));
+  servers = new ForkServers(runtime, (line) => logs.push(line), join(ROOT, 'dist', 'lib', 'ferry-fork-server.so'), true);
   // A coordinator that only asks for the planned preprocessor, then says DONE.
   coordinator = createServer((sock) => {
     sock.on('error', () => undefined);
@@ -242,6 +242,39 @@ describe('a job run by a fork server', () => {
     return { job, pid };
   }
 
+  /** The job's anonymous mappings that asked for huge pages (VmFlags "hg"), as [start, end] addresses. */
+  function hugePageMappings(jobPid: number): Array<[bigint, bigint]> {
+    const found: Array<[bigint, bigint]> = [];
+    let range: [bigint, bigint] | undefined;
+    for (const line of readFileSync(`/proc/${jobPid}/smaps`, 'utf8').split('\n')) {
+      const head = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+      if (head) range = [BigInt(`0x${head[1]}`), BigInt(`0x${head[2]}`)];
+      else if (line.startsWith('VmFlags:') && line.split(/\s+/).includes('hg') && range) found.push(range);
+    }
+    return found;
+  }
+
+  it.skipIf(!existsSync('/sys/kernel/mm/transparent_hugepage'))("gives a job's garbage-collected heap huge pages, aligned to them", async () => {
+    const { job, pid } = await runningBlockingJob();
+    try {
+      const [jobPid] = jobsOf(pid);
+      // Blocked on its include, cc1 has set up its builtins: its first 2 MiB heap chunk is mapped.
+      const mappings = hugePageMappings(jobPid);
+      const twoMiB = 2n << 20n;
+      expect(mappings.length).toBeGreaterThan(0);
+      for (const [start, end] of mappings) {
+        expect(start % twoMiB).toBe(0n);
+        expect((end - start) % twoMiB).toBe(0n);
+      }
+      // The server itself asks for nothing: the advice is for the jobs' mappings.
+      expect(hugePageMappings(pid)).toEqual([]);
+    } finally {
+      job.child.kill('SIGKILL');
+      await job.done;
+      await until('the job to be gone', () => jobsOf(pid).length === 0);
+    }
+  });
+
   it('kills the job of a launcher that went away', async () => {
     const { job, pid } = await runningBlockingJob();
     job.child.kill('SIGKILL');
@@ -259,7 +292,7 @@ describe('a job run by a fork server', () => {
     expect(Buffer.from(result!.stderr).toString()).toMatch(/the preprocessor's fork server went away/);
     // Its job died with it (no cc1 left blocked on the FIFO).
     await until('the orphaned job to end', () => jobs.every((p) => !existsSync(`/proc/${p}`)));
-    await until('the coordinator to notice', () => logs.some((l) => /fork server for .*cc1: killed by SIGKILL; preprocessors are exec'd again/.test(l)));
+    await until('the coordinator to notice', () => logs.some((l) => /fork server for .*cc1: killed by SIGKILL; its jobs are exec'd again/.test(l)));
     // After the retry delay a new server takes jobs again.
     await sleep(1100);
     const again = await serverFor(['-E', 'src/a.c']);

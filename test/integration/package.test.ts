@@ -210,6 +210,7 @@ describe.skipIf(!supported.ok)('the ferry-worker Debian package', () => {
       ['/lib/systemd/system/ferry-worker.service', '-rw-r--r--'],
       ['/usr/lib/ferry-worker/dist/worker/main.js', '-rw-r--r--'],
       ['/usr/lib/ferry-worker/dist/bin/ferry-worker-exec', '-rwxr-xr-x'],
+      ['/usr/lib/ferry-worker/dist/lib/ferry-fork-server.so', '-rw-r--r--'],
       ['/usr/lib/ferry-worker/proto/ferry.proto', '-rw-r--r--'],
       ['/usr/lib/ferry-worker/package.json', '-rw-r--r--'],
       ['/usr/share/doc/ferry-worker/copyright', '-rw-r--r--'],
@@ -420,6 +421,7 @@ describe.skipIf(!supported.ok)('the ferry-worker Debian package', () => {
       expect(outcome.outputs[0].equals(expected), 'the object differs from a local compile').toBe(true);
       // The packaged exec helper started the compiler: it runs as the worker's child, and the worker did not fall back.
       expect(workerOutput).not.toMatch(/ferry-worker-exec .*cannot be used/);
+      expect(workerOutput).not.toMatch(/no fork servers/);
       const children = readFileSync(`/proc/${worker.pid}/task/${worker.pid}/children`, 'utf8').trim().split(' ').filter(Boolean);
       expect(children.map((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0])).toContain('/usr/lib/ferry-worker/dist/bin/ferry-worker-exec');
 

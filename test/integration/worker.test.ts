@@ -119,7 +119,7 @@ describe('ferry-worker', () => {
     const warns = '# 1 "warns.c"\nint g(void) { int unused; return 0; }\n';
     const fails = '# 1 "fails.c"\nint h(void) { return missing; }\n';
     // ferry-worker-exec is built beside the worker: cc1 hands its assembly to as through a named pipe.
-    const directJobs = () => worker.output().split('\n').filter((l) => l.endsWith('(cc1 piped into as, without the driver)')).length;
+    const directJobs = () => worker.output().split('\n').filter((l) => /\(cc1 piped into as, without the driver(, forked)?\)$/.test(l)).length;
 
     // The first two jobs of the shape go through the driver; the second has its commands learnt.
     for (let i = 0; i < 2; i++) expect((await compileOnce(client, shaped(good.length), Buffer.from(good), { deadlineMs: 20_000 })).result.exitCode).toBe(0);
@@ -138,6 +138,28 @@ describe('ferry-worker', () => {
     expect(local('warns', warns).stderr).toMatch(/warning: unused variable/);
     expect(local('fails', fails).code).toBe(1);
     expect(directJobs() - before).toBe(3);
+  });
+
+  it('forks those steps from started copies of cc1 and as once their fork servers run: the same object', async () => {
+    const args = ['-O1', '-Wall', '-c'];
+    const text = execFileSync('gcc', ['-O1', '-E', '-'], { input: 'int forked(int x) { return 3 * x; }\n' }).toString();
+    const ref = mkdtempSync(join(dir, 'forked-'));
+    writeFileSync(join(ref, 'forked.i'), text);
+    execFileSync('gcc', [...args, 'forked.i', '-o', 'forked.o'], { cwd: ref, env: { PATH: process.env.PATH } });
+    const expected = readFileSync(join(ref, 'forked.o'));
+    const forkedJobs = () => worker.output().split('\n').filter((l) => l.endsWith('(cc1 piped into as, without the driver, forked)')).length;
+    const before = forkedJobs();
+    // The servers start with the shape's first jobs without the driver (the test above); bounded.
+    for (let i = 0; i < 40 && forkedJobs() === before; i++) {
+      const outcome = await compileOnce(client, header({ args, outputs: [{ kind: 'OBJECT', name: 'sub/steps.o' }] }, text.length), Buffer.from(text), { deadlineMs: 20_000 });
+      expect(outcome.result.exitCode).toBe(0);
+      expect(outcome.outputs[0].equals(expected)).toBe(true);
+      if (forkedJobs() === before) await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(forkedJobs()).toBeGreaterThan(before);
+    expect(worker.output()).toMatch(/fork server for \S*cc1 \(pid \d+\)/);
+    expect(worker.output()).toMatch(/fork server for \S*as \(pid \d+\)/);
+    expect(worker.output()).not.toMatch(/could not take a job|no fork servers/);
   });
 
   it('refuses a compiler that is not on its allow list', async () => {

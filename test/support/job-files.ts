@@ -5,11 +5,11 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 
-/** Every file (not directory) under `tmp`, relative to it. */
+/** Every file under `tmp`, relative to it; not directories, nor the sockets of the worker's fork servers. */
 export function leftoverFiles(tmp: string): string[] {
   if (!existsSync(tmp)) return [];
   return readdirSync(tmp, { recursive: true, withFileTypes: true })
-    .filter((e) => !e.isDirectory())
+    .filter((e) => !e.isDirectory() && !(e.isSocket() && /^fork-\d+-.*\.sock$/.test(e.name)))
     .map((e) => join(e.parentPath ?? (e as unknown as { path: string }).path, e.name).slice(tmp.length + 1));
 }
 

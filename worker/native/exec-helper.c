@@ -12,7 +12,12 @@
  *            "spawn", path, cwd, stdout file, stderr file, argc, argv[0..argc), envc, env[0..envc)
  *            (paths absolute; argc and envc in decimal);
  *            "fifo", path: a named pipe (0600) there, through which cc1 hands its assembly to as
- *            while it compiles (Node has no mkfifo).
+ *            while it compiles (Node has no mkfifo);
+ *            "fork", socket, then spawn's fields: the same, run by the fork server on that socket
+ *            (cli/native/fork-server.c, a started copy of the program) instead of exec'd. Its
+ *            replies are spawn's; a server that cannot be reached or refuses gives "failed" (nothing
+ *            runs: the worker spawns it instead), one that dies mid-job "exited <id> - 9" (its job
+ *            dies with it).
  *   replies, one line each:
  *            "ready <protocol version>"        once, before any request is read
  *            "started <id> <pid>"              the compiler runs, in its own session and process group
@@ -22,7 +27,8 @@
  *            "failed <id> <errno> <message>"   it could not be started (nothing runs) or made
  * The compiler's stdin is /dev/null; its stdout and stderr go to the two files, created 0600 (never through
  * a symlink). On EOF on stdin (the worker stopped or died) this process exits at once: the compilers'
- * process groups are the worker's to kill, and init reaps what is left.
+ * process groups are the worker's to kill, and init reaps what is left (a forked job's server kills it
+ * when this process's connection closes).
  *
  * Built by cli/build.mjs and packaging/build-deb.mjs:
  *   cc -O2 -Wall -Wextra -std=c11 -D_GNU_SOURCE -o dist/bin/ferry-worker-exec exec-helper.c
@@ -39,12 +45,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define PROTOCOL_VERSION 2
+#define PROTOCOL_VERSION 3
 #define MAX_REQUEST_BYTES (4u << 20)
 #define MAX_HEADER_BYTES 64
 #define MAX_ID_DIGITS 20
@@ -57,10 +65,13 @@ extern char **environ;
 struct child {
     pid_t pid;
     char id[MAX_ID_DIGITS + 1];
+    int conn; /* a forked job: its connection to the fork server, which sends its wait status; else -1 */
 };
 
 static struct child *g_children;
 static size_t g_child_count, g_child_capacity;
+/* A reply to a forked job's request (its pid) that takes longer than this: the server is stuck. */
+#define FORK_REPLY_TIMEOUT_S 10
 static posix_spawnattr_t g_attr;
 
 /* ---------- output ---------- */
@@ -104,7 +115,7 @@ static void failed(const char *id, int err, const char *what) {
 
 /* ---------- children ---------- */
 
-static void remember(pid_t pid, const char *id) {
+static void remember(pid_t pid, const char *id, int conn) {
     if (g_child_count == g_child_capacity) {
         size_t capacity = g_child_capacity ? g_child_capacity * 2 : 64;
         struct child *grown = realloc(g_children, capacity * sizeof *grown);
@@ -114,11 +125,21 @@ static void remember(pid_t pid, const char *id) {
         g_child_capacity = capacity;
     }
     g_children[g_child_count].pid = pid;
+    g_children[g_child_count].conn = conn;
     snprintf(g_children[g_child_count].id, sizeof g_children[g_child_count].id, "%s", id);
     g_child_count++;
 }
 
-/* Reports every child that has ended; never waits for one that runs. */
+/* Tells the worker how child i ended (a wait status) and forgets it. */
+static void report_end(size_t i, int status) {
+    if (WIFEXITED(status))
+        reply("exited %s %d", g_children[i].id, WEXITSTATUS(status));
+    else
+        reply("exited %s - %d", g_children[i].id, WTERMSIG(status));
+    g_children[i] = g_children[--g_child_count];
+}
+
+/* Reports every spawned child that has ended; never waits for one that runs. */
 static void reap(void) {
     for (;;) {
         int status;
@@ -126,15 +147,23 @@ static void reap(void) {
         if (pid < 0 && errno == EINTR) continue;
         if (pid <= 0) return; /* 0: all running; ECHILD: none */
         for (size_t i = 0; i < g_child_count; i++) {
-            if (g_children[i].pid != pid) continue;
-            if (WIFEXITED(status))
-                reply("exited %s %d", g_children[i].id, WEXITSTATUS(status));
-            else
-                reply("exited %s - %d", g_children[i].id, WTERMSIG(status));
-            g_children[i] = g_children[--g_child_count];
+            if (g_children[i].pid != pid || g_children[i].conn >= 0) continue;
+            report_end(i, status);
             break;
         }
     }
+}
+
+/* A forked job's connection is readable: its wait status, or the server went away (and the job with
+ * it, by its parent-death signal). */
+static void forked_ended(size_t i) {
+    uint8_t b[4];
+    ssize_t n;
+    do n = recv(g_children[i].conn, b, sizeof b, MSG_WAITALL);
+    while (n < 0 && errno == EINTR);
+    int status = n == (ssize_t)sizeof b ? (int)((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24) : SIGKILL;
+    close(g_children[i].conn);
+    report_end(i, status);
 }
 
 /* ---------- one request ---------- */
@@ -177,21 +206,28 @@ static int create_capture(const char *path) {
     return open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
 }
 
-static void spawn_compiler(const char *id, const char *path, const char *cwd, const char *out_path,
-                           const char *err_path, char **argv, char **envp) {
-    int out = create_capture(out_path);
-    if (out < 0) {
+/* The compiler's stdout and stderr files; -1 (and the failure told) when one cannot be made. */
+static int open_captures(const char *id, const char *out_path, const char *err_path, int *out, int *err) {
+    *out = create_capture(out_path);
+    if (*out < 0) {
         failed(id, errno, "cannot create the stdout file");
-        return;
+        return -1;
     }
-    int err = create_capture(err_path);
-    if (err < 0) {
+    *err = create_capture(err_path);
+    if (*err < 0) {
         failed(id, errno, "cannot create the stderr file");
-        close(out);
-        return;
+        close(*out);
+        return -1;
     }
     /* Best effort: a file system without fallocate, or one already full, gets no reserve. */
-    (void)fallocate(err, FALLOC_FL_KEEP_SIZE, 0, STDERR_RESERVE_BYTES);
+    (void)fallocate(*err, FALLOC_FL_KEEP_SIZE, 0, STDERR_RESERVE_BYTES);
+    return 0;
+}
+
+static void spawn_compiler(const char *id, const char *path, const char *cwd, const char *out_path,
+                           const char *err_path, char **argv, char **envp) {
+    int out, err;
+    if (open_captures(id, out_path, err_path, &out, &err) != 0) return;
 
     posix_spawn_file_actions_t actions;
     int rc = posix_spawn_file_actions_init(&actions);
@@ -210,8 +246,98 @@ static void spawn_compiler(const char *id, const char *path, const char *cwd, co
         failed(id, rc, NULL);
         return;
     }
-    remember(pid, id);
+    remember(pid, id, -1);
     reply("started %s %d", id, (int)pid);
+}
+
+static void put_u32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
+}
+
+/* The FFS2 request for a job (fork-server.c's format); NULL when it does not fit in memory. */
+static uint8_t *fork_request(const char *cwd, char **argv, char **envp, size_t *length) {
+    size_t size = 8 + 4 + strlen(cwd) + 1 + 4 + 4;
+    uint32_t argc = 0, envc = 0;
+    for (; argv[argc]; argc++) size += strlen(argv[argc]) + 1;
+    for (; envp[envc]; envc++) size += strlen(envp[envc]) + 1;
+    uint8_t *message = malloc(size), *p = message;
+    if (!message) return NULL;
+    mode_t mask = umask(0);
+    umask(mask);
+    memcpy(p, "FFS2", 4), put_u32(p + 4, (uint32_t)(size - 8)), p += 8;
+    put_u32(p, (uint32_t)mask), p += 4;
+    p = (uint8_t *)stpcpy((char *)p, cwd) + 1;
+    put_u32(p, argc), p += 4;
+    for (uint32_t i = 0; i < argc; i++) p = (uint8_t *)stpcpy((char *)p, argv[i]) + 1;
+    put_u32(p, envc), p += 4;
+    for (uint32_t i = 0; i < envc; i++) p = (uint8_t *)stpcpy((char *)p, envp[i]) + 1;
+    *length = size;
+    return message;
+}
+
+/* Hands the job to the fork server on `socket_path`; its pid comes back at once, its status later. */
+static void fork_compiler(const char *id, const char *socket_path, const char *cwd, const char *out_path,
+                          const char *err_path, char **argv, char **envp) {
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (strlen(socket_path) >= sizeof addr.sun_path) {
+        failed(id, ENAMETOOLONG, "the fork server's socket path is too long");
+        return;
+    }
+    strcpy(addr.sun_path, socket_path);
+    size_t length;
+    uint8_t *message = fork_request(cwd, argv, envp, &length);
+    if (!message) {
+        failed(id, ENOMEM, "cannot hold the fork server's request");
+        return;
+    }
+    int out = -1, err = -1, conn = -1;
+    const char *what = NULL;
+    int error = 0;
+    if (open_captures(id, out_path, err_path, &out, &err) != 0) goto done;
+    conn = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct timeval limit = {.tv_sec = FORK_REPLY_TIMEOUT_S};
+    if (conn < 0 || setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit) != 0 ||
+        connect(conn, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        error = errno, what = "cannot reach the fork server";
+        goto done;
+    }
+    int fds[2] = {out, err};
+    char control[CMSG_SPACE(sizeof fds)];
+    memset(control, 0, sizeof control);
+    struct iovec iov = {.iov_base = message, .iov_len = length};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET, c->cmsg_type = SCM_RIGHTS, c->cmsg_len = CMSG_LEN(sizeof fds);
+    memcpy(CMSG_DATA(c), fds, sizeof fds);
+    /* The first sendmsg carries the descriptors; a long request's rest follows with send. */
+    ssize_t n;
+    do n = sendmsg(conn, &msg, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    for (size_t sent = n > 0 ? (size_t)n : 0; n > 0 && sent < length; sent += (size_t)n) {
+        do n = send(conn, message + sent, length - sent, MSG_NOSIGNAL);
+        while (n < 0 && errno == EINTR);
+    }
+    if (n <= 0) {
+        error = n < 0 ? errno : EPIPE, what = "cannot send the job to the fork server";
+        goto done;
+    }
+    uint8_t b[4];
+    do n = recv(conn, b, sizeof b, MSG_WAITALL);
+    while (n < 0 && errno == EINTR);
+    int32_t pid = n == (ssize_t)sizeof b ? (int32_t)((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24) : -1;
+    if (pid <= 0) {
+        error = n < 0 ? errno : EPROTO, what = n == (ssize_t)sizeof b ? "the fork server refused the job" : "no answer from the fork server";
+        goto done;
+    }
+    remember(pid, id, conn);
+    conn = -1;
+    reply("started %s %d", id, (int)pid);
+done:
+    if (what) failed(id, error, what);
+    if (conn >= 0) close(conn);
+    if (out >= 0) close(out);
+    if (err >= 0) close(err);
+    free(message);
 }
 
 /* A job directory is emptied between jobs, but a named pipe left there is as good as a new one. */
@@ -234,10 +360,12 @@ static void handle_request(const char *id, char *body, size_t length) {
             make_fifo(id, fifo);
         return;
     }
-    if (!kind || strcmp(kind, "spawn") != 0) {
-        reply("failed %s %d malformed request (its first field must be spawn or fifo)", id, EINVAL);
+    int forked = kind && strcmp(kind, "fork") == 0;
+    if (!kind || (!forked && strcmp(kind, "spawn") != 0)) {
+        reply("failed %s %d malformed request (its first field must be spawn, fork or fifo)", id, EINVAL);
         return;
     }
+    char *socket_path = forked ? next_field(&at, end) : "";
     char *path = next_field(&at, end);
     char *cwd = next_field(&at, end);
     char *out_path = next_field(&at, end);
@@ -246,8 +374,10 @@ static void handle_request(const char *id, char *body, size_t length) {
     char **argv = argc >= 1 ? string_array(&at, end, argc) : NULL;
     long envc = argv ? count_field(next_field(&at, end), MAX_REQUEST_BYTES / 2) : -1;
     char **envp = envc >= 0 ? string_array(&at, end, envc) : NULL;
-    if (!path || !cwd || !out_path || !err_path || !argv || !envp || at != end) {
-        reply("failed %s %d malformed request (expected spawn, path, cwd, stdout, stderr, argc, argv, envc, env)", id, EINVAL);
+    if (!socket_path || !path || !cwd || !out_path || !err_path || !argv || !envp || at != end) {
+        reply("failed %s %d malformed request (expected spawn or fork and its socket, path, cwd, stdout, stderr, argc, argv, envc, env)", id, EINVAL);
+    } else if (forked) {
+        fork_compiler(id, socket_path, cwd, out_path, err_path, argv, envp);
     } else {
         spawn_compiler(id, path, cwd, out_path, err_path, argv, envp);
     }
@@ -377,12 +507,31 @@ int main(void) {
     init_spawn_attributes();
     reply("ready %d", PROTOCOL_VERSION);
 
-    struct pollfd fds[2] = {{.fd = 0, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
     static char buffer[64 * 1024];
+    struct pollfd *fds = NULL;
+    size_t fds_capacity = 0;
     for (;;) {
-        if (poll(fds, 2, -1) < 0) {
+        /* stdin, the signalfd, then the connection of each forked job (in g_children's order). */
+        if (fds_capacity < 2 + g_child_count) {
+            fds_capacity = 2 + g_child_capacity;
+            if (!(fds = realloc(fds, fds_capacity * sizeof *fds))) fatal("out of memory polling %zu compilers", g_child_count);
+        }
+        fds[0] = (struct pollfd){.fd = 0, .events = POLLIN};
+        fds[1] = (struct pollfd){.fd = sfd, .events = POLLIN};
+        nfds_t count = 2;
+        size_t watched[g_child_count + 1];
+        for (size_t i = 0; i < g_child_count; i++) {
+            if (g_children[i].conn < 0) continue;
+            watched[count - 2] = i;
+            fds[count++] = (struct pollfd){.fd = g_children[i].conn, .events = POLLIN};
+        }
+        if (poll(fds, count, -1) < 0) {
             if (errno == EINTR) continue;
             fatal("poll: %s", strerror(errno));
+        }
+        /* From the last: report_end moves the last child into the slot it frees. */
+        for (nfds_t k = count; k-- > 2;) {
+            if (fds[k].revents) forked_ended(watched[k - 2]);
         }
         if (fds[1].revents & POLLIN) {
             struct signalfd_siginfo info;

@@ -1,8 +1,9 @@
 /**
- * Fork servers of the preprocessors: one started copy of each cc1 that jobs run without the driver
- * (cli/native/fork-server.c), which forks a process per job instead of the launcher exec'ing cc1
- * afresh. Launchers reach a server through its socket in the runtime directory; while a server
- * starts, and after one fails, jobs exec cc1 as before.
+ * Fork servers: one started copy of a program that jobs run often (cli/native/fork-server.c), which
+ * forks a process per job instead of exec'ing the program afresh. The coordinator keeps them for the
+ * preprocessors (cc1 -E; launchers reach a server through its socket in the runtime directory), the
+ * worker for the steps it runs without gcc's driver (cc1, as; its exec helper is the client). While a
+ * server starts, and after one fails, jobs exec the program as before.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
@@ -53,10 +54,15 @@ export class ForkServers {
   private closed = false;
   private toldUnusable = false;
 
+  /**
+   * `hugePages`: jobs' large heap mappings get transparent huge pages (fork-server.c says when that
+   * pays: preprocessors, not compiles).
+   */
   constructor(
     private readonly dir: string,
     private readonly log: (line: string) => void,
     private readonly library = FORK_SERVER_LIBRARY,
+    private readonly hugePages = false,
   ) {}
 
   /** The socket of a ready server for `program`, or undefined: then one is started for later jobs. */
@@ -80,7 +86,7 @@ export class ForkServers {
         : Buffer.byteLength(socket) > MAX_UNIX_PATH_BYTES ? `the runtime directory's name is too long for a socket (${socket})` : undefined;
       if (unusable && !this.toldUnusable) {
         this.toldUnusable = true;
-        this.log(`no fork servers: ${unusable}; preprocessors are exec'd`);
+        this.log(`no fork servers: ${unusable}; programs are exec'd for every job`);
       }
       if (!id || unusable) return undefined;
       server = { program, socket, identity: id, ready: false, failures: 0, retryAt: 0, checkedAt: now };
@@ -92,9 +98,9 @@ export class ForkServers {
   }
 
   private start(server: Server): void {
-    // Nothing of the coordinator's environment: before main() the copy must be what exec makes.
+    // Nothing of this process's environment: before main() the copy must be what exec makes.
     const child = spawn(server.program, [], {
-      env: { LD_PRELOAD: this.library, FERRY_FORK_SERVER_SOCKET: server.socket },
+      env: { LD_PRELOAD: this.library, FERRY_FORK_SERVER_SOCKET: server.socket, ...(this.hugePages ? { FERRY_FORK_SERVER_HUGE_PAGES: '1' } : {}) },
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     server.child = child;
@@ -125,7 +131,7 @@ export class ForkServers {
     });
   }
 
-  /** A server that did not start or went away: jobs exec cc1 until it is started again. */
+  /** A server that did not start or went away: jobs exec the program until it is started again. */
   private failed(server: Server, child: ChildProcess, why: string): void {
     if (server.child !== child) return;
     server.child = undefined;
@@ -133,14 +139,14 @@ export class ForkServers {
     const wait = RETRY_MS[Math.min(server.failures, RETRY_MS.length - 1)];
     server.failures++;
     server.retryAt = Date.now() + wait;
-    this.log(`fork server for ${server.program}: ${why}; preprocessors are exec'd again, next try in ${wait / 1000} s`);
+    this.log(`fork server for ${server.program}: ${why}; its jobs are exec'd again, next try in ${wait / 1000} s`);
   }
 
   private stop(server: Server): void {
     const child = server.child;
     server.child = undefined;
     server.ready = false;
-    // Its stdin closing stops it; its jobs' launchers then run their preprocessor themselves.
+    // Its stdin closing stops it, and its running jobs with it (their clients see them killed).
     child?.stdin?.end();
     child?.kill('SIGTERM');
   }
