@@ -149,7 +149,7 @@ export async function startCoordinator(options: CoordinatorOptions = {}): Promis
     log,
     preprocessDir: makePreprocessDir(join(paths.dir, 'cpp'), '/dev/shm', log),
     driverTemplates: new DriverTemplates(runDriver, log),
-    forkServers: new ForkServers(paths.dir, log, FORK_SERVER_LIBRARY, true),
+    forkServers: new ForkServers(paths.dir, log, FORK_SERVER_LIBRARY, 'huge-pages'),
     record: (job) => {
       jobsDone++;
       recent.push(job);

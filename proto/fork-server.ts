@@ -32,6 +32,8 @@ export function forkServerFits(env: NodeJS.ProcessEnv): boolean {
   return true;
 }
 
+export type HeapMode = 'huge-pages' | 'populate';
+
 /** Which file a program is: a changed one (an upgrade) needs a new server. */
 function identity(path: string): string | undefined {
   const info = statSync(path, { throwIfNoEntry: false });
@@ -55,14 +57,14 @@ export class ForkServers {
   private toldUnusable = false;
 
   /**
-   * `hugePages`: jobs' large heap mappings get transparent huge pages (fork-server.c says when that
-   * pays: preprocessors, not compiles).
+   * `heap`: what the jobs' heap chunks get, transparent huge pages or their pages made at once
+   * (fork-server.c says which pays where: huge pages for preprocessors, populate for compiles).
    */
   constructor(
     private readonly dir: string,
     private readonly log: (line: string) => void,
     private readonly library = FORK_SERVER_LIBRARY,
-    private readonly hugePages = false,
+    private readonly heap?: HeapMode,
   ) {}
 
   /** The socket of a ready server for `program`, or undefined: then one is started for later jobs. */
@@ -100,7 +102,7 @@ export class ForkServers {
   private start(server: Server): void {
     // Nothing of this process's environment: before main() the copy must be what exec makes.
     const child = spawn(server.program, [], {
-      env: { LD_PRELOAD: this.library, FERRY_FORK_SERVER_SOCKET: server.socket, ...(this.hugePages ? { FERRY_FORK_SERVER_HUGE_PAGES: '1' } : {}) },
+      env: { LD_PRELOAD: this.library, FERRY_FORK_SERVER_SOCKET: server.socket, ...(this.heap ? { FERRY_FORK_SERVER_HEAP: this.heap } : {}) },
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     server.child = child;

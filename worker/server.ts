@@ -14,7 +14,7 @@ import type { WorkerLoad } from '../proto/generated/ferry/v1/WorkerLoad';
 import type { ArgPolicy } from './arg-policy';
 import type { CompilerTable } from './compilers';
 import { makeJobHandler, type WorkerCounters, type WorkerLimits } from './compile';
-import { ForkServers } from '../proto/fork-server';
+import { FORK_SERVER_LIBRARY, ForkServers } from '../proto/fork-server';
 import { ExecHelper } from './exec-helper';
 import { JobDirs } from './job-dirs';
 import { CompileTemplates } from './compile-steps';
@@ -151,7 +151,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   exec.start();
   // cc1 and as forked from started copies (~2 ms less of each per job than exec, its loader and
   // libraries' start-up), when they run without the driver. FERRY_FORK_SERVER=0 turns them off.
-  const forkServers = options.compileWithoutDriver === false || process.env.FERRY_FORK_SERVER === '0' ? undefined : new ForkServers(tmpRoot, log);
+  const forkServers = options.compileWithoutDriver === false || process.env.FERRY_FORK_SERVER === '0' ? undefined : new ForkServers(tmpRoot, log, FORK_SERVER_LIBRARY, 'populate');
   const handleJob = makeJobHandler({
     compilers: options.compilers,
     slots,

@@ -428,6 +428,8 @@ async function main() {
   mkdirSync(join(W, 'a', 'ref'), { recursive: true });
   writeFileSync(join(W, 'a', 'hello.c'), HELLO_C);
   writeFileSync(join(W, 'a', 'heavy.cc'), HEAVY_CC);
+  // heavy.cc's compile shape (g++ -O2 -c) for the warm-up, at a fraction of its cost.
+  writeFileSync(join(W, 'a', 'shape.cc'), 'int shape() { return 1; }\n');
   mkdirSync(join(W, 'b', 'src'), { recursive: true });
   writeFileSync(join(W, 'b', 'Makefile'), SMALL_MAKEFILE);
   writeFileSync(join(W, 'b', 'src', 'common.h'), SMALL_H);
@@ -641,8 +643,14 @@ async function main() {
     };
   };
 
-  // Warm-up: every mode compiles once (connections up, caches warm, the distcc paths proven).
+  // Warm-up: every mode compiles once (connections up, caches warm, the distcc paths proven). Ferry
+  // compiles (a)'s two shapes a few times more: its workers learn a shape's cc1 and as commands from
+  // its first jobs and then start fork servers for them, which a build has done after its first
+  // seconds; one job at a time would otherwise measure that learning in the first run.
   await ferryHostsUp(2);
+  for (const [cc, file] of [['gcc', 'hello.c'], ['g++', 'shape.cc']]) {
+    await procs.run([FERRY, cc, '-O2', '-c', file, '-o', join(tmp, 'warm.o')], { env: env.ferry(2), cwd: join(W, 'a'), log: join(tmp, 'warmup.log'), n: 6 });
+  }
   for (const mode of ['distcc-L', 'distcc-ssh']) {
     await measure(mode, [...MODES[mode].cc('gcc'), '-c', 'hello.c', '-o', join(tmp, 'warm.o')], { cwd: join(W, 'a'), expectRemote: 1, what: 'warm-up' });
   }

@@ -92,7 +92,7 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'ferry-fork-server-'));
   runtime = join(dir, 'runtime');
   mkdirSync(runtime, { mode: 0o700 });
-  servers = new ForkServers(runtime, (line) => logs.push(line), join(ROOT, 'dist', 'lib', 'ferry-fork-server.so'), true);
+  servers = new ForkServers(runtime, (line) => logs.push(line), join(ROOT, 'dist', 'lib', 'ferry-fork-server.so'), 'huge-pages');
   // A coordinator that only asks for the planned preprocessor, then says DONE.
   coordinator = createServer((sock) => {
     sock.on('error', () => undefined);
@@ -272,6 +272,40 @@ describe('a job run by a fork server', () => {
       job.child.kill('SIGKILL');
       await job.done;
       await until('the job to be gone', () => jobsOf(pid).length === 0);
+    }
+  });
+
+  it("makes the pages of a job's heap chunks at once for a server asked to populate them (the worker's compiles)", async () => {
+    const populating = new ForkServers(join(runtime, 'p'), (line) => logs.push(line), join(ROOT, 'dist', 'lib', 'ferry-fork-server.so'), 'populate');
+    mkdirSync(join(runtime, 'p'), { mode: 0o700, recursive: true });
+    try {
+      let socket: string | undefined;
+      const program = cc1Command('gcc', ['-E', 'src/blocks.c'], dir).argv[0];
+      for (let i = 0; i < 200 && !(socket = populating.socketFor(program, process.env)); i++) await sleep(25);
+      const job = blockingJob(socket!);
+      try {
+        let jobPid = 0;
+        // The only server with a job now is this one.
+        await until('the job to run in the server', () => {
+          try {
+            jobPid = jobsOf(serverPid())[0];
+            return true;
+          } catch {
+            return false;
+          }
+        });
+        // Its 2 MiB heap chunk is resident in full (exec'd, cc1 has touched ~1.6 MiB of it by now),
+        // and asks for no huge pages.
+        const smaps = readFileSync(`/proc/${jobPid}/smaps`, 'utf8').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/);
+        const chunks = smaps.filter((m) => /^Size:\s+2048 kB$/m.test(m) && /^Rss:\s+2048 kB$/m.test(m) && !/\//.test(m.split('\n')[0]));
+        expect(chunks.length).toBeGreaterThan(0);
+        expect(hugePageMappings(jobPid)).toEqual([]);
+      } finally {
+        job.child.kill('SIGKILL');
+        await job.done;
+      }
+    } finally {
+      populating.close();
     }
   });
 
