@@ -7,28 +7,13 @@ import { closeSync, fchmodSync, lstatSync, openSync, readFileSync, renameSync, u
 import { readdir, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { FerryError } from '../proto/errors';
+import { alive } from '../proto/shm-dir';
 
 /** Temporary files look like `.<name>.ferry-<pid>-<random>`. */
 const TEMP_NAME = /^\..+\.ferry-(\d+)-[0-9a-f]{8}$/;
 const swept = new Set<string>();
 /** Makes temporary names unique within this process (the pid makes them unique between processes). */
 let tempsMade = 0;
-
-/** A process that can still write: running, not a zombie waiting for a parent to reap it. */
-export function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
-  }
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state !== 'Z' && state !== 'X';
-  } catch {
-    return false; // Gone between the two looks.
-  }
-}
 
 /**
  * Removes temporary files that a coordinator killed mid-write left in `dir`; once per directory

@@ -15,7 +15,7 @@ export interface WorkerSettings {
   slots: number;
   /** Compiler names to serve; undefined: every compiler found on PATH. */
   allow?: string[];
-  /** Parent of the job directories; undefined: $TMPDIR or /tmp. */
+  /** Parent of the job directories; undefined: /dev/shm when it is a tmpfs, else $TMPDIR or /tmp. */
   tmpdir?: string;
   maxSourceMb: number;
   maxCompressedSourceMb: number;
@@ -108,7 +108,7 @@ export const KEYS: readonly KeySpec[] = [
   {
     key: 'tmpdir',
     flag: 'tmpdir',
-    help: 'where private job directories are made (default: $TMPDIR or /tmp)',
+    help: 'where private job directories are made (default: /dev/shm when it is a tmpfs, else $TMPDIR or /tmp)',
     example: 'tmpdir = /var/tmp',
     parse: (v) => ({ tmpdir: absolutePath(v, 'tmpdir') }),
   },

@@ -7,6 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { FerryError, errorMessage } from '../proto/errors';
 import { loadWorkerProto } from '../proto/load';
+import { makeShmDir } from '../proto/shm-dir';
 import { shutdownGracefully } from '../proto/shutdown';
 import { FERRY_VERSION } from '../proto/version';
 import type { WorkerDescription } from '../proto/generated/ferry/v1/WorkerDescription';
@@ -110,7 +111,10 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   const slots = new Slots(options.slots);
   const counters: WorkerCounters = { jobsDone: 0 };
   // One private directory (0700) per worker run; each running job has its own directory below it.
-  const tmpRoot = await mkdtemp(join(options.tmpBase ?? tmpdir(), 'ferry-worker-'));
+  // Without a tmpdir set, on /dev/shm: a job's files live for the job (proto/shm-dir.ts says why).
+  const tmpRoot =
+    (options.tmpBase === undefined ? makeShmDir('worker', '/dev/shm', (reason) => log(`job directories go to ${tmpdir()}: ${reason}`)) : undefined) ??
+    (await mkdtemp(join(options.tmpBase ?? tmpdir(), 'ferry-worker-')));
 
   const load = (): WorkerLoad => ({ slots: slots.size, running: slots.inUse, queued: slots.queued, jobsDone: counters.jobsDone });
   const watchers = new Set<grpc.ServerWritableStream<unknown, WorkerLoad>>();

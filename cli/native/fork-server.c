@@ -15,8 +15,10 @@
  * at a time and touches it page by page, each first touch a page fault (a trap into the kernel, dear
  * in a VM: 59,000 of them in a heavy C++ compile, ~1,000 in a small `cc1 -E`).
  *   "huge-pages" (the coordinator's preprocessors): a transparent huge page each, one fault for
- *     512; ~0.9 ms of a small `cc1 -E`'s ~9.5 ms. Not for compiles: a big one frees its heap chunk by
- *     chunk, and splitting huge pages made a heavy C++ compile ~9 % slower.
+ *     512; ~0.9 ms of a small `cc1 -E`'s ~9.5 ms, 5 % of a big C file's, 3 % of a C++ file with a
+ *     few standard headers (a heavy C++ one under -fdirectives-only varied more: median +4 %; a
+ *     CMake build of leveldb the same either way). Not for compiles: a big one frees its heap
+ *     chunk by chunk, and splitting huge pages made a heavy C++ compile ~9 % slower.
  *   "populate" (the worker's compiles): mapped with MAP_POPULATE, the pages made in one call; ~2 %
  *     of a heavy C++ compile, 59,000 faults down to 6,900.
  * Where THP is off, the huge-page advice does nothing.

@@ -333,3 +333,25 @@ describe('ferry-worker', () => {
     expect(description.jobsDone).toBeGreaterThanOrEqual(3);
   });
 });
+
+describe('ferry-worker without a tmpdir set', () => {
+  it('makes its job directories on /dev/shm, in a directory of its own that its stop removes', async () => {
+    const own = mkdtempSync(join(tmpdir(), 'ferry-worker-shm-'));
+    const socket = join(own, 'w.sock');
+    const started = await startProcess(process.execPath, [WORKER_MAIN, '--listen', `unix:${socket}`, '--slots', '1', '--allow', 'gcc'], /listening on/);
+    const shmDir = `/dev/shm/ferry-${process.getuid!()}-worker-${started.child.pid}`;
+    const proto = loadWorkerProto();
+    const shmClient: WorkerClient = new proto.ferry.v1.Worker(`unix://${socket}`, grpc.credentials.createInsecure());
+    try {
+      const source = Buffer.from('int on_shm(void) { return 4; }\n');
+      expect((await compileOnce(shmClient, header({}, source.length), source, { deadlineMs: 20_000 })).result.exitCode).toBe(0);
+      // The job's directory, emptied and kept for the next job, is there.
+      expect(readdirSync(shmDir).filter((d) => d.startsWith('job-'))).toHaveLength(1);
+    } finally {
+      shmClient.close();
+      await started.stop();
+      rmSync(own, { recursive: true, force: true });
+    }
+    expect(readdirSync('/dev/shm')).not.toContain(shmDir.slice('/dev/shm/'.length));
+  });
+});
