@@ -21,6 +21,7 @@
  *   replies, one line each:
  *            "ready <protocol version>"        once, before any request is read
  *            "started <id> <pid>"              the compiler runs, in its own session and process group
+ *                                              (forked: in its own process group)
  *            "exited <id> <code>"              it exited with that status
  *            "exited <id> - <signal number>"   a signal killed it
  *            "made <id>"                       the named pipe is there
