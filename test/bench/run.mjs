@@ -71,6 +71,7 @@ const opts = { runs: undefined, quick: false, slots: 8, only: undefined, modes: 
         process.exit(0);
       } else throw new Error(`unknown option ${argv[i]}`);
     }
+    opts.runsGiven = opts.runs !== undefined;
     opts.runs ??= opts.quick ? 1 : 3;
     opts.timeout ??= opts.quick ? 600 : 2400;
     if (!Number.isInteger(opts.runs) || opts.runs < 1 || opts.runs > 50) throw new Error('--runs must be 1..50');
@@ -104,6 +105,9 @@ const CFG = {
   onceModes: ['distcc-ssh', 'local'],
   // The scaling grid is the longest part; its points get at most two runs.
   scalingRuns: Math.min(opts.runs, 2),
+  // (a) and (b), which the targets are measured on, are short: five runs each for steadier medians
+  // (distcc's jobs/s on (b) moves by a sixth from run to run here), unless --runs says otherwise.
+  targetRuns: opts.runsGiven || Q ? opts.runs : 5,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -688,7 +692,7 @@ async function main() {
   // ---------------------------------------------------------------------------------------------
   if (want('a')) {
     phase('(a) one job at a time');
-    for (let run = 0; run < opts.runs; run++) {
+    for (let run = 0; run < CFG.targetRuns; run++) {
       for (const mode of rotate(ALL_MODES, run)) {
         const dir = join(W, 'a', mode);
         mkdirSync(dir, { recursive: true });
@@ -728,7 +732,7 @@ async function main() {
   };
   if (want('b')) {
     phase(`(b) ${CFG.smallFiles} small C files, make -j${CFG.jobs}`);
-    for (let run = 0; run < opts.runs; run++) {
+    for (let run = 0; run < CFG.targetRuns; run++) {
       for (const mode of rotate(CFG.smallModes, run)) {
         record('small', mode, await makeSmall(mode, { j: mode === 'local' ? NPROC : CFG.jobs, what: '(b)' }));
       }
@@ -864,7 +868,7 @@ function report(started) {
   p(`- machine: ${NPROC} cores (\`nproc\`), CPU ${model}, kernel ${release()}; Node ${process.version}; ${ver('gcc --version')}; ` +
     `${ver('distcc --version')}; ${ver('ccache --version')}; ${ver('ssh -V')}; ${ver('cmake --version')}; ninja ${ver('ninja --version')}`);
   p(`- command: \`npm run bench --${process.argv.slice(2).length ? ` ${process.argv.slice(2).join(' ')}` : ''}\` ` +
-    `(runs: ${opts.runs}${opts.quick ? ', --quick' : ''}; modes interleaved round robin; cells: median [min..max] over runs` +
+    `(runs: ${opts.runs}${CFG.targetRuns !== opts.runs ? `, of (a) and (b) ${CFG.targetRuns}` : ''}${opts.quick ? ', --quick' : ''}; modes interleaved round robin; cells: median [min..max] over runs` +
     (opts.runs > 1 ? `; ${CFG.onceModes.join(' and ')}, which no target compares against, in the first run only; scaling points ${CFG.scalingRuns} runs` : '') + ')');
   p(`- cluster: ${cluster.remotes.length} remotes in network namespaces (own sshd; ferry-worker and \`distccd --allow 127.0.0.1 --listen 127.0.0.1 --nice 0\` ` +
     `on the namespace's loopback only), ${opts.slots} slots per host on both sides; 2 remotes unless a row says otherwise`);
@@ -997,7 +1001,7 @@ function report(started) {
     p(`## Scaling on (b): ${CFG.smallFiles} small C files`);
     p();
     p(`${opts.slots} slots per worker. The remotes share the machine's ${NPROC} cores, so more workers add slots and connections but no CPU. ` +
-      `${CFG.scalingRuns} run${CFG.scalingRuns > 1 ? 's' : ''} per point; the row for 2 workers at -j${CFG.jobs} is (b), with its ${opts.runs}.`);
+      `${CFG.scalingRuns} run${CFG.scalingRuns > 1 ? 's' : ''} per point; the row for 2 workers at -j${CFG.jobs} is (b), with its ${CFG.targetRuns}.`);
     p();
     p('| workers | make -j | ferry jobs/s | distcc ssh -L jobs/s | ratio | ferry initiator CPU/job | distcc initiator CPU/job | ratio |');
     p('|---|---|---|---|---|---|---|---|');
