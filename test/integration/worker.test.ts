@@ -162,6 +162,36 @@ describe('ferry-worker', () => {
     expect(worker.output()).not.toMatch(/could not take a job|no fork servers/);
   });
 
+  it('compiles on when a fork server dies: the next jobs are exec\'d, then forked by a new server', async () => {
+    const args = ['-O1', '-Wall', '-c'];
+    const text = execFileSync('gcc', ['-O1', '-E', '-'], { input: 'int after_kill(int x) { return 5 * x; }\n' }).toString();
+    const ref = mkdtempSync(join(dir, 'killed-'));
+    writeFileSync(join(ref, 'k.i'), text);
+    execFileSync('gcc', [...args, 'k.i', '-o', 'k.o'], { cwd: ref, env: { PATH: process.env.PATH } });
+    const expected = readFileSync(join(ref, 'k.o'));
+    const job = async () => {
+      const outcome = await compileOnce(client, header({ args, outputs: [{ kind: 'OBJECT', name: 'sub/steps.o' }] }, text.length), Buffer.from(text), { deadlineMs: 20_000 });
+      expect(outcome.result.exitCode).toBe(0);
+      expect(outcome.outputs[0].equals(expected)).toBe(true);
+    };
+    // The worker's fork server of cc1: its child whose program is cc1 (the test above started it).
+    const children = readFileSync(`/proc/${worker.child.pid}/task/${worker.child.pid}/children`, 'utf8').trim().split(' ').map(Number);
+    const server = children.find((pid) => readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'cc1');
+    expect(server).toBeDefined();
+    process.kill(server!, 'SIGKILL');
+    for (let i = 0; i < 100 && !/fork server for \S*cc1: killed by SIGKILL; its jobs are exec'd again/.test(worker.output()); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(worker.output()).toMatch(/fork server for \S*cc1: killed by SIGKILL; its jobs are exec'd again, next try in 1 s/);
+    const forked = () => worker.output().split('\n').filter((l) => l.endsWith('without the driver, forked)')).length;
+    await job();
+    // A new server after the retry delay (1 s); bounded.
+    const before = forked();
+    for (let i = 0; i < 40 && forked() === before; i++) {
+      await job();
+      if (forked() === before) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(forked()).toBeGreaterThan(before);
+  });
+
   it('refuses a compiler that is not on its allow list', async () => {
     const source = Buffer.from('int x;\n');
     const error = await compileOnce(client, header({ compiler: 'clang' }, source.length), source, { deadlineMs: 20_000 }).catch((e) => e);
