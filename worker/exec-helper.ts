@@ -414,9 +414,12 @@ export class ExecHelper {
           resolve({ pid: pid ?? 0, code, signal, status, timedOut, forked: 'forkServer' in waiter.request && waiter.request.forkServer !== undefined });
         },
         failed: (err) => {
-          // Nothing ran: a fork server that could not take the job leaves it to be exec'd.
-          if ('forkServer' in waiter.request && waiter.request.forkServer !== undefined && err instanceof ExecError && !this.closing) {
-            this.forkFailed(waiter.request.forkServer, path, err);
+          // Nothing ran: a fork server that could not take the job leaves it to be exec'd. (The
+          // helper's failures of the fork itself name the fork server; a capture file it could not
+          // make, or arguments that cannot be sent, would fail an exec the same way.)
+          const forkFailed = err instanceof ExecError && /fork server/.test(err.message);
+          if ('forkServer' in waiter.request && waiter.request.forkServer !== undefined && forkFailed && !this.closing) {
+            this.forkFailed(waiter.request.forkServer, path, err as ExecError);
             waiter.request = request;
             return this.launch(waiter);
           }

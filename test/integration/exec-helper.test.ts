@@ -385,6 +385,14 @@ describe('jobs forked by a fork server', () => {
     await waitFor('the job to die with its server', () => !isRunning(jobPid));
   });
 
+  it('fails a forked job whose capture file cannot be made as an exec would fail, blaming no server', async () => {
+    const { socket } = await server();
+    const { exec, log } = newHelper();
+    const o = options({ forkServer: socket, stdoutPath: join(dir, 'no-such-dir', 'x.stdout') });
+    await expect(exec.run('/bin/sh', ['-c', 'exit 0'], o)).rejects.toMatchObject({ errno: 'ENOENT', message: expect.stringMatching(/cannot create the stdout file/) });
+    expect(log).toEqual([]);
+  });
+
   it('execs a job whose server cannot be reached, saying so once', async () => {
     const { exec, log } = newHelper();
     const gone = join(dir, 'no-server.sock');
