@@ -23,6 +23,16 @@
  *     of a heavy C++ compile, 59,000 faults down to 6,900.
  * Where THP is off, the huge-page advice does nothing.
  *
+ * Two more costs of a preprocessor are cut in a job (both measured on `cc1plus -E` of a heavy C++
+ * file: 34.5 ms, 4,256 readlink(2) calls, 739 write(2) calls):
+ *   - realpath(3) remembers the directories it resolved. gcc canonicalizes every system header's
+ *     path (-fcanonical-system-headers), glibc's realpath reads each component of the path as a
+ *     link, and a job asks for hundreds of headers in a few directories (and for each, first for
+ *     the name in every include directory before it). Per job only, so it sees the file system
+ *     as the job does: 4,256 readlinks become 806, the run 31.6 ms; a small C file 11.0 -> 10.4 ms.
+ *   - stdout gets a 64 KiB buffer: `cc1 -E` writes its output there, in the file system's block
+ *     size (4 KiB on a tmpfs) otherwise.
+ *
  * Without FERRY_FORK_SERVER_SOCKET in its environment the library does nothing: cc1 runs as usual.
  *
  * Started as: FERRY_FORK_SERVER_SOCKET=<socket path> LD_PRELOAD=<this .so> cc1, stdin a pipe from the
@@ -45,9 +55,11 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -75,6 +87,8 @@ static main_fn real_main;
 /* Set in server mode with a heap mode asked for (resolved before main(), never inside an mmap call). */
 static mmap_fn real_mmap;
 static enum { HEAP_HUGE_PAGES, HEAP_POPULATE } heap_mode;
+/* Set in a forked job: realpath remembers directories there only. */
+static int in_job;
 static const char *socket_path;
 
 struct job {
@@ -143,6 +157,9 @@ static _Noreturn void run_job(int out, int err, uint32_t mask, const char *cwd, 
         _exit(127);
     }
     environ = env;
+    in_job = 1;
+    /* Before anything is written to it; the server itself writes no stdio. */
+    setvbuf(stdout, NULL, _IOFBF, 64 << 10);
     /* What returning from main() does: exit(), which flushes stdio and runs atexit handlers. */
     exit(real_main(argc, argv, environ));
 }
@@ -324,6 +341,59 @@ void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
     }
     if (p != MAP_FAILED) madvise(p, len, MADV_HUGEPAGE);
     return p;
+}
+
+typedef char *(*realpath_fn)(const char *, char *);
+#define REALPATH_DIRS 512
+
+/*
+ * realpath(3) with the directories of one job's lookups remembered. `dir/base` resolves to
+ * realpath(dir) + "/" + base when base is no link (readlink says EINVAL); a base that is missing is
+ * ENOENT, like the real call; anything else (a link, ".", "..", no directory part, an error other
+ * than ENOENT, a full table) is the real call.
+ */
+char *realpath(const char *path, char *resolved) {
+    static realpath_fn real;
+    static struct { char *dir; size_t length; char *resolved; int error; } dirs[REALPATH_DIRS];
+    static int known;
+    if (!real && !(real = (realpath_fn)dlsym(RTLD_NEXT, "realpath"))) {
+        errno = ENOSYS;
+        return NULL;
+    }
+    const char *slash = in_job && path ? strrchr(path, '/') : NULL;
+    if (!slash || slash == path) return real(path, resolved);
+    const char *base = slash + 1;
+    if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0) return real(path, resolved);
+    size_t length = (size_t)(slash - path);
+    int i = 0;
+    while (i < known && !(dirs[i].length == length && memcmp(dirs[i].dir, path, length) == 0)) i++;
+    if (i == known) {
+        char *dir = known < REALPATH_DIRS ? strndup(path, length) : NULL;
+        if (!dir) return real(path, resolved);
+        errno = 0;
+        char *found = real(dir, NULL);
+        dirs[i].dir = dir, dirs[i].length = length, dirs[i].resolved = found, dirs[i].error = found ? 0 : errno;
+        known++;
+    }
+    if (!dirs[i].resolved) {
+        if (dirs[i].error != ENOENT) return real(path, resolved);
+        errno = ENOENT;
+        return NULL;
+    }
+    char one;
+    if (readlink(path, &one, 1) >= 0) return real(path, resolved);
+    if (errno == ENOENT) return NULL;
+    if (errno != EINVAL) return real(path, resolved);
+    const char *dir = dirs[i].resolved;
+    size_t dir_length = strlen(dir), base_length = strlen(base);
+    size_t sep = strcmp(dir, "/") != 0;
+    if (dir_length + sep + base_length + 1 > PATH_MAX) return real(path, resolved);
+    char *out = resolved ? resolved : malloc(dir_length + sep + base_length + 1);
+    if (!out) return NULL;
+    memcpy(out, dir, dir_length);
+    if (sep) out[dir_length] = '/';
+    memcpy(out + dir_length + sep, base, base_length + 1);
+    return out;
 }
 
 /* glibc calls this to run main(); with FERRY_FORK_SERVER_SOCKET set, it runs the server instead. */

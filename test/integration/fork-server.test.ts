@@ -6,7 +6,7 @@
  * mid-job gives a failure the coordinator repeats, and is started again.
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -150,6 +150,17 @@ describe('a job run by a fork server', () => {
     writeFileSync(join(dir, 'src', 'broken.c'), '#include "missing.h"\nint b;\n');
     writeFileSync(join(dir, 'src', 'warn.c'), '#warning careful\nint w;\n');
     writeFileSync(join(dir, 'src', 'b.cc'), '#include <vector>\nstd::vector<int> v;\n');
+    // System headers (their paths are canonicalized: the server's realpath) through a linked
+    // directory, a linked header and a `..`.
+    mkdirSync(join(dir, 'real-sys', 'sub'), { recursive: true });
+    writeFileSync(join(dir, 'real-sys', 'one.h'), `#include "${'sub/../'.repeat(12)}two.h"\n#include <three.h>\n#include <missing-here.h>\nint one;\n`);
+    writeFileSync(join(dir, 'real-sys', 'two.h'), 'int two;\n');
+    writeFileSync(join(dir, 'real-sys', 'three-target.h'), 'int three;\n');
+    mkdirSync(join(dir, 'other-sys'), { recursive: true });
+    writeFileSync(join(dir, 'other-sys', 'missing-here.h'), 'int found_later;\n');
+    symlinkSync('three-target.h', join(dir, 'real-sys', 'three.h'));
+    symlinkSync('real-sys', join(dir, 'linked-sys'));
+    writeFileSync(join(dir, 'src', 'sys.c'), '#include <one.h>\n#include <stdio.h>\nint main(void) { return one + two + three; }\n');
   });
 
   const cases: Array<[string, string[], { umask?: number; driver?: string }]> = [
@@ -159,6 +170,7 @@ describe('a job run by a fork server', () => {
     ['a missing header (an error)', ['-E', 'src/broken.c'], {}],
     ['a #warning', ['-E', '-fdirectives-only', 'src/warn.c'], {}],
     ['C++ (cc1plus)', ['-O2', '-E', '-fdirectives-only', 'src/b.cc'], { driver: 'g++' }],
+    ['system headers through links and `..`, one found in a later directory', ['-isystem', 'linked-sys', '-isystem', 'other-sys', '-E', 'src/sys.c'], {}],
   ];
 
   it.each(cases)('%s: the same output, messages and status as exec', async (_name, args, opts) => {
@@ -183,6 +195,12 @@ describe('a job run by a fork server', () => {
     if (args.includes('-DWANT_ENV')) expect(forked.text!.toString()).toMatch(/fromenv\.h/);
     if (args.includes('src/a.c')) expect(forked.text!.toString()).toContain('"Nov 14 2023" " " "22:13:20"');
     if (args.includes('src/broken.c')) expect(forked.result.exitCode).toBe(1);
+    if (args.includes('src/sys.c')) {
+      // gcc names a system header by its canonical path where that is shorter: (sub/..)*12/two.h in
+      // the linked directory by the real one's absolute path, as an exec'd cc1 does.
+      expect(forked.text!.toString()).toContain(`# 1 "${join(realpathSync(dir), 'real-sys', 'two.h')}" 1 3 4`);
+      expect(forked.text!.toString()).toContain('# 1 "other-sys/missing-here.h" 1 3 4');
+    }
   });
 
   it('runs many jobs at once', async () => {
