@@ -135,9 +135,11 @@ static int take_strings(char **p, const char *end, uint32_t count, char **out) {
 }
 
 /* In the forked copy: become the job, then run cc1's own main(). Never returns. */
-static _Noreturn void run_job(int out, int err, uint32_t mask, const char *cwd, int argc, char **argv, char **env, int own_group) {
-    /* If the server dies, so does its job: its client then sees no status and says so. */
+static _Noreturn void run_job(pid_t server, int out, int err, uint32_t mask, const char *cwd, int argc, char **argv, char **env, int own_group) {
+    /* If the server dies, so does its job: its client then sees no status and says so. A server
+     * killed before the prctl took effect sends no signal, hence the check of the parent after it. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != server) _exit(127);
     /* Its server does the same before it tells the pid: the group is there whichever runs first. */
     if (own_group) setpgid(0, 0);
     int in = open("/dev/null", O_RDONLY);
@@ -199,8 +201,9 @@ static void start_job(int conn) {
     if (envc > MAX_ARGS || !(env = calloc(envc + 1, sizeof *env)) || take_strings(&p, end, envc, env) != 0) goto refuse;
     if (job_count == MAX_JOBS) goto refuse;
 
+    pid_t server = getpid();
     pid_t pid = fork();
-    if (pid == 0) run_job(fds[0], fds[1], mask, cwd, (int)argc, argv, env, raw);
+    if (pid == 0) run_job(server, fds[0], fds[1], mask, cwd, (int)argc, argv, env, raw);
     if (pid < 0) {
         const char *why = "ferry: fork server: cannot fork\n";
         (void)!write(fds[1], why, strlen(why));

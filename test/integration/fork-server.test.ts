@@ -245,18 +245,35 @@ describe('a job run by a fork server', () => {
     throw new Error(`timed out waiting for ${what}`);
   }
 
-  /** A blocking job, once the server runs it, and the server's pid. */
-  async function runningBlockingJob() {
-    const job = blockingJob(await serverFor(['-E', 'src/blocks.c']));
-    let pid = 0;
-    await until('the job to run in the server', () => {
+  /** Whether a job is blocked opening the FIFO (and so has set itself up: heap, death signal). */
+  const blockedOnFifo = (jobPid: number) => {
+    try {
+      return /wait_for_partner|fifo_open/.test(readFileSync(`/proc/${jobPid}/wchan`, 'utf8'));
+    } catch {
+      return false;
+    }
+  };
+
+  /** The server with a job blocked on the FIFO, and that job: the pids. */
+  async function blockedJobIn(): Promise<{ pid: number; jobPid: number }> {
+    let found = { pid: 0, jobPid: 0 };
+    await until('the job to block in the server', () => {
       try {
-        pid = serverPid();
-        return true;
+        const pid = serverPid();
+        const jobPid = jobsOf(pid).find(blockedOnFifo);
+        if (jobPid) found = { pid, jobPid };
+        return jobPid !== undefined;
       } catch {
         return false;
       }
     });
+    return found;
+  }
+
+  /** A blocking job, once the server runs it and it blocks, and the server's pid. */
+  async function runningBlockingJob() {
+    const job = blockingJob(await serverFor(['-E', 'src/blocks.c']));
+    const { pid } = await blockedJobIn();
     return { job, pid };
   }
 
@@ -302,16 +319,8 @@ describe('a job run by a fork server', () => {
       for (let i = 0; i < 200 && !(socket = populating.socketFor(program, process.env)); i++) await sleep(25);
       const job = blockingJob(socket!);
       try {
-        let jobPid = 0;
         // The only server with a job now is this one.
-        await until('the job to run in the server', () => {
-          try {
-            jobPid = jobsOf(serverPid())[0];
-            return true;
-          } catch {
-            return false;
-          }
-        });
+        const { jobPid } = await blockedJobIn();
         // Its 2 MiB heap chunk is resident in full (exec'd, cc1 has touched ~1.6 MiB of it by now),
         // and asks for no huge pages.
         const smaps = readFileSync(`/proc/${jobPid}/smaps`, 'utf8').split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/);
