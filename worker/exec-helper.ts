@@ -116,7 +116,9 @@ export type Reply =
   | { kind: 'started'; id: number; pid: number }
   | { kind: 'exited'; id: number; code: number | null; signalNumber: number | null }
   | { kind: 'made'; id: number }
-  | { kind: 'failed'; id: number; errno: number; message: string };
+  | { kind: 'failed'; id: number; errno: number; message: string }
+  /** A fork request's server could not take the job: nothing ran, and it may be spawned instead. */
+  | { kind: 'unforked'; id: number; errno: number; message: string };
 
 /** A reply line of the helper, or undefined when it is not one (the helper is then not trusted further). */
 export function parseReply(line: string): Reply | undefined {
@@ -129,8 +131,8 @@ export function parseReply(line: string): Reply | undefined {
   if (m) return { kind: 'exited', id: Number(m[1]), code: m[2] === undefined ? null : Number(m[2]), signalNumber: m[3] === undefined ? null : Number(m[3]) };
   m = /^made (\d+)$/.exec(line);
   if (m) return { kind: 'made', id: Number(m[1]) };
-  m = /^failed (\d+) (\d+) (.*)$/.exec(line);
-  if (m) return { kind: 'failed', id: Number(m[1]), errno: Number(m[2]), message: m[3] };
+  m = /^(failed|unforked) (\d+) (\d+) (.*)$/.exec(line);
+  if (m) return { kind: m[1] as 'failed' | 'unforked', id: Number(m[2]), errno: Number(m[3]), message: m[4] };
   return undefined;
 }
 
@@ -168,7 +170,12 @@ interface Waiter {
   /** A fifo request's answer. */
   made?(): void;
   failed(err: Error): void;
+  /** A fork request's server could not take it (nothing ran); without this, a failure. */
+  unforked?(err: ExecError): void;
 }
+
+/** The fork server a request is for, if it is a fork request. */
+const forkServerOf = (request: HelperRequest): string | undefined => ('forkServer' in request ? request.forkServer : undefined);
 
 /** Kills a process group; one that is gone already is what was wanted. */
 function killGroup(pid: number, log: (line: string) => void): void {
@@ -317,8 +324,8 @@ class HelperProcess {
     }
     const waiter = this.waiters.get(reply.id);
     if (!this.ready || !waiter) return this.abandon(`it replied "${line}" for no request it had`);
-    // "made" answers a fifo request and only that; "failed" answers either.
-    if (reply.kind !== 'failed' && (reply.kind === 'made') !== ('fifo' in waiter.request)) {
+    // "made" answers a fifo request and only that, "unforked" a fork request; "failed" answers any.
+    if (reply.kind !== 'failed' && ((reply.kind === 'made') !== ('fifo' in waiter.request) || (reply.kind === 'unforked' && forkServerOf(waiter.request) === undefined))) {
       return this.abandon(`it replied "${line}" to a request of another kind`);
     }
     if (reply.kind === 'started') {
@@ -328,8 +335,10 @@ class HelperProcess {
     }
     this.waiters.delete(reply.id);
     if (this.waiters.size === 0) this.setRef(false);
-    if (reply.kind === 'failed') {
-      waiter.failed(new ExecError(errnoName(reply.errno), `${reply.message} (${errnoName(reply.errno)})`));
+    if (reply.kind === 'failed' || reply.kind === 'unforked') {
+      const err = new ExecError(errnoName(reply.errno), `${reply.message} (${errnoName(reply.errno)})`);
+      if (reply.kind === 'unforked' && waiter.unforked) waiter.unforked(err);
+      else waiter.failed(err);
     } else if (reply.kind === 'made') {
       waiter.made?.();
     } else {
@@ -411,20 +420,21 @@ export class ExecHelper {
         },
         exited: (code, signal, status) => {
           finish();
-          resolve({ pid: pid ?? 0, code, signal, status, timedOut, forked: 'forkServer' in waiter.request && waiter.request.forkServer !== undefined });
+          resolve({ pid: pid ?? 0, code, signal, status, timedOut, forked: forkServerOf(waiter.request) !== undefined });
         },
         failed: (err) => {
-          // Nothing ran: a fork server that could not take the job leaves it to be exec'd. (The
-          // helper's failures of the fork itself name the fork server; a capture file it could not
-          // make, or arguments that cannot be sent, would fail an exec the same way.)
-          const forkFailed = err instanceof ExecError && /fork server/.test(err.message);
-          if ('forkServer' in waiter.request && waiter.request.forkServer !== undefined && forkFailed && !this.closing) {
-            this.forkFailed(waiter.request.forkServer, path, err as ExecError);
-            waiter.request = request;
-            return this.launch(waiter);
-          }
           finish();
           reject(err);
+        },
+        // Nothing ran: a fork server that could not take the job leaves it to be exec'd. (A capture
+        // file the helper could not make, or arguments that cannot be sent, are failures: an exec
+        // would fail the same way.)
+        unforked: (err) => {
+          const socket = forkServerOf(waiter.request);
+          if (this.closing || socket === undefined) return waiter.failed(err);
+          this.forkFailed(socket, path, err);
+          waiter.request = request;
+          this.launch(waiter);
         },
       };
       this.launch(waiter);
@@ -477,7 +487,10 @@ export class ExecHelper {
       if ('fifo' in request) {
         return waiter.failed(new ExecError('ENOSYS', `named pipes are made by ferry-worker-exec, which is not in use (${this.fallbackReason ?? 'stopping'})`));
       }
-      void spawnDirect(request, waiter).catch((err: unknown) => waiter.failed(err as Error));
+      // Nothing forks without the helper: the job is spawned, and its result says so.
+      const spawned: SpawnRequest = { ...request, forkServer: undefined };
+      waiter.request = spawned;
+      void spawnDirect(spawned, waiter).catch((err: unknown) => waiter.failed(err as Error));
       return;
     }
     let frame: Buffer;

@@ -304,6 +304,13 @@ describe('when ferry-worker-exec cannot be used', () => {
     expect(log).toHaveLength(1);
   });
 
+  it('spawns a job meant for a fork server, and says it was not forked', async () => {
+    const { exec } = newHelper(join(dir, 'nowhere', 'ferry-worker-exec'));
+    const o = options({ forkServer: join(dir, 'no-server.sock') });
+    expect(await exec.run('/bin/sh', ['-c', 'echo ran; exit 3'], o)).toMatchObject({ status: 3, forked: false });
+    expect(o.read().stdout).toBe('ran\n');
+  });
+
   it.each([
     ['speaks another protocol', 'echo ready 99; exec cat > /dev/null', new RegExp(`cannot be used: it speaks protocol 99, this worker ${HELPER_PROTOCOL_VERSION}`)],
     ['exits at once', 'echo "broken build" >&2; exit 3', /cannot be used: exited with status 3: broken build;/],
@@ -479,6 +486,18 @@ describe('the ferry-worker-exec protocol', () => {
     expect(await raw.line()).toMatch(/^failed 5 22 malformed request/);
     expect(await raw.line()).toMatch(/^started 6 \d+$/);
     expect(await raw.line()).toBe('exited 6 0');
+    raw.child.stdin!.end();
+    expect(await raw.exited).toBe(0);
+  });
+
+  it('answers a fork request its server cannot take with "unforked", one whose capture file cannot be made with "failed"', async () => {
+    const raw = startRaw();
+    expect(await raw.line()).toBe(`ready ${HELPER_PROTOCOL_VERSION}`);
+    const fork = (id: number, socket: string, out: string) => encodeRequest(id, { path: '/bin/true', args: [], cwd: dir, env: {}, stdoutPath: out, stderrPath: join(dir, `raw-${id}.err`), forkServer: socket });
+    raw.child.stdin!.write(fork(7, join(dir, 'no-server.sock'), join(dir, 'raw-7.out')));
+    expect(await raw.line()).toBe('unforked 7 2 cannot reach the fork server: No such file or directory');
+    raw.child.stdin!.write(fork(8, join(dir, 'no-server.sock'), join(dir, 'no-such-dir', 'raw-8.out')));
+    expect(await raw.line()).toBe('failed 8 2 cannot create the stdout file: No such file or directory');
     raw.child.stdin!.end();
     expect(await raw.exited).toBe(0);
   });

@@ -84,6 +84,7 @@ describe('exec helper replies', () => {
     ['made 8', { kind: 'made', id: 8 }],
     ['failed 4 2 No such file or directory', { kind: 'failed', id: 4, errno: 2, message: 'No such file or directory' }],
     ['failed 4 28 cannot create the stderr file: No space left on device', { kind: 'failed', id: 4, errno: 28, message: 'cannot create the stderr file: No space left on device' }],
+    ['unforked 5 2 cannot reach the fork server: No such file or directory', { kind: 'unforked', id: 5, errno: 2, message: 'cannot reach the fork server: No such file or directory' }],
     // Not replies: the helper is abandoned.
     ['', undefined],
     ['ready', undefined],
@@ -95,6 +96,8 @@ describe('exec helper replies', () => {
     ['exited 1 -', undefined],
     ['exited 1 - ', undefined],
     ['failed 1 x msg', undefined],
+    ['unforked 1 x msg', undefined],
+    ['unforked 1', undefined],
     ['ferry-worker-exec: something', undefined],
     ['started 1 20 ', undefined],
     ['made', undefined],

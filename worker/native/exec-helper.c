@@ -15,9 +15,9 @@
  *            while it compiles (Node has no mkfifo);
  *            "fork", socket, then spawn's fields: the same, run by the fork server on that socket
  *            (cli/native/fork-server.c, a started copy of the program) instead of exec'd. Its
- *            replies are spawn's; a server that cannot be reached or refuses gives "failed" (nothing
- *            runs: the worker spawns it instead), one that dies mid-job "exited <id> - 9" (its job
- *            dies with it).
+ *            replies are spawn's; a server that cannot be reached or refuses gives "unforked"
+ *            (nothing runs: the worker spawns it instead), one that dies mid-job "exited <id> - 9"
+ *            (its job dies with it).
  *   replies, one line each:
  *            "ready <protocol version>"        once, before any request is read
  *            "started <id> <pid>"              the compiler runs, in its own session and process group
@@ -26,6 +26,7 @@
  *            "exited <id> - <signal number>"   a signal killed it
  *            "made <id>"                       the named pipe is there
  *            "failed <id> <errno> <message>"   it could not be started (nothing runs) or made
+ *            "unforked <id> <errno> <message>" a fork request's server could not take it (nothing runs)
  * The compiler's stdin is /dev/null; its stdout and stderr go to the two files, created 0600 (never through
  * a symlink). On EOF on stdin (the worker stopped or died) this process exits at once: the compilers'
  * process groups are the worker's to kill, and init reaps what is left (a forked job's server kills it
@@ -114,6 +115,11 @@ static void failed(const char *id, int err, const char *what) {
         reply("failed %s %d %s", id, err, strerror(err));
 }
 
+/* Only the fork server failed, not the job: the worker runs it as a spawn instead. */
+static void unforked(const char *id, int err, const char *what) {
+    reply("unforked %s %d %s: %s", id, err, what, strerror(err));
+}
+
 /* ---------- children ---------- */
 
 static void remember(pid_t pid, const char *id, int conn) {
@@ -155,14 +161,22 @@ static void reap(void) {
     }
 }
 
+/* The fork server's next little-endian i32 on `conn` (a pid, a wait status); the recv result: 4 when
+ * it came, 0 at EOF, less on an error or the socket's timeout. */
+static ssize_t recv_i32(int conn, int32_t *value) {
+    uint8_t b[4];
+    ssize_t n;
+    do n = recv(conn, b, sizeof b, MSG_WAITALL);
+    while (n < 0 && errno == EINTR);
+    if (n == (ssize_t)sizeof b) *value = (int32_t)((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24);
+    return n;
+}
+
 /* A forked job's connection is readable: its wait status, or the server went away (and the job with
  * it, by its parent-death signal). */
 static void forked_ended(size_t i) {
-    uint8_t b[4];
-    ssize_t n;
-    do n = recv(g_children[i].conn, b, sizeof b, MSG_WAITALL);
-    while (n < 0 && errno == EINTR);
-    int status = n == (ssize_t)sizeof b ? (int)((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24) : SIGKILL;
+    int32_t status;
+    if (recv_i32(g_children[i].conn, &status) != (ssize_t)sizeof status) status = SIGKILL;
     close(g_children[i].conn);
     report_end(i, status);
 }
@@ -281,14 +295,14 @@ static void fork_compiler(const char *id, const char *socket_path, const char *c
                           const char *err_path, char **argv, char **envp) {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     if (strlen(socket_path) >= sizeof addr.sun_path) {
-        failed(id, ENAMETOOLONG, "the fork server's socket path is too long");
+        unforked(id, ENAMETOOLONG, "the fork server's socket path is too long");
         return;
     }
     strcpy(addr.sun_path, socket_path);
     size_t length;
     uint8_t *message = fork_request(cwd, argv, envp, &length);
     if (!message) {
-        failed(id, ENOMEM, "cannot hold the fork server's request");
+        unforked(id, ENOMEM, "cannot hold the fork server's request");
         return;
     }
     int out = -1, err = -1, conn = -1;
@@ -322,19 +336,17 @@ static void fork_compiler(const char *id, const char *socket_path, const char *c
         error = n < 0 ? errno : EPIPE, what = "cannot send the job to the fork server";
         goto done;
     }
-    uint8_t b[4];
-    do n = recv(conn, b, sizeof b, MSG_WAITALL);
-    while (n < 0 && errno == EINTR);
-    int32_t pid = n == (ssize_t)sizeof b ? (int32_t)((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24) : -1;
+    int32_t pid = -1;
+    n = recv_i32(conn, &pid);
     if (pid <= 0) {
-        error = n < 0 ? errno : EPROTO, what = n == (ssize_t)sizeof b ? "the fork server refused the job" : "no answer from the fork server";
+        error = n < 0 ? errno : EPROTO, what = n == (ssize_t)sizeof pid ? "the fork server refused the job" : "no answer from the fork server";
         goto done;
     }
     remember(pid, id, conn);
     conn = -1;
     reply("started %s %d", id, (int)pid);
 done:
-    if (what) failed(id, error, what);
+    if (what) unforked(id, error, what);
     if (conn >= 0) close(conn);
     if (out >= 0) close(out);
     if (err >= 0) close(err);
