@@ -84,9 +84,9 @@ typedef int (*start_fn)(main_fn, int, char **, void (*)(void), void (*)(void), v
 typedef void *(*mmap_fn)(void *, size_t, int, int, int, off_t);
 
 static main_fn real_main;
-/* Set in server mode with a heap mode asked for (resolved before main(), never inside an mmap call). */
 static mmap_fn real_mmap;
-static enum { HEAP_HUGE_PAGES, HEAP_POPULATE } heap_mode;
+/* Set in server mode when FERRY_FORK_SERVER_HEAP asks for one; the jobs inherit it. */
+static enum { HEAP_PLAIN, HEAP_HUGE_PAGES, HEAP_POPULATE } heap_mode;
 /* Set in a forked job: realpath remembers directories there only. */
 static int in_job;
 static const char *socket_path;
@@ -324,11 +324,9 @@ static int server_main(int argc, char **argv, char **envp) {
  * else, and everything without a heap mode asked for, is the plain call.
  */
 void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
-    static mmap_fn plain; /* cc1 is single-threaded; a second lookup would find the same */
-    if (!real_mmap) {
-        if (!plain) plain = (mmap_fn)dlsym(RTLD_NEXT, "mmap");
-        return plain(addr, len, prot, flags, fd, off);
-    }
+    /* cc1 is single-threaded; a second lookup would find the same. */
+    if (!real_mmap) real_mmap = (mmap_fn)dlsym(RTLD_NEXT, "mmap");
+    if (heap_mode == HEAP_PLAIN) return real_mmap(addr, len, prot, flags, fd, off);
     int anonymous = (flags & (MAP_ANONYMOUS | MAP_PRIVATE | MAP_SHARED | MAP_FIXED)) == (MAP_ANONYMOUS | MAP_PRIVATE);
     if (!anonymous || addr || len == 0 || len % HUGE_PAGE != 0) return real_mmap(addr, len, prot, flags, fd, off);
     if (heap_mode == HEAP_POPULATE) return real_mmap(NULL, len, prot, flags | MAP_POPULATE, fd, off);
@@ -407,10 +405,10 @@ int __libc_start_main(main_fn main, int argc, char **argv, void (*init)(void), v
     if (!socket_path || !*socket_path) return real_start(main, argc, argv, init, fini, rtld_fini, stack_end);
     real_main = main;
     const char *heap = getenv("FERRY_FORK_SERVER_HEAP");
-    if (heap && (strcmp(heap, "huge-pages") == 0 || strcmp(heap, "populate") == 0)) {
-        heap_mode = strcmp(heap, "populate") == 0 ? HEAP_POPULATE : HEAP_HUGE_PAGES;
-        if (!(real_mmap = (mmap_fn)dlsym(RTLD_NEXT, "mmap"))) _exit(127);
-    }
+    if (heap && strcmp(heap, "huge-pages") == 0) heap_mode = HEAP_HUGE_PAGES;
+    if (heap && strcmp(heap, "populate") == 0) heap_mode = HEAP_POPULATE;
+    /* Resolved here, not in the first mmap call it rewrites. */
+    if (heap_mode != HEAP_PLAIN && !(real_mmap = (mmap_fn)dlsym(RTLD_NEXT, "mmap"))) _exit(127);
     /* The jobs get an environment of their own; nothing of ours should reach them. */
     socket_path = strdup(socket_path);
     unsetenv("FERRY_FORK_SERVER_SOCKET");
