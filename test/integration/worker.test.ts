@@ -140,20 +140,31 @@ describe('ferry-worker', () => {
     expect(directJobs() - before).toBe(3);
   });
 
-  it('forks those steps from started copies of cc1 and as once their fork servers run: the same object', async () => {
+  /**
+   * A job of the learnt shape (-O1 -Wall -c, the test above) compiling `source`: run through the
+   * worker, it must give the object a local gcc gives.
+   */
+  function stepsJob(source: string) {
     const args = ['-O1', '-Wall', '-c'];
-    const text = execFileSync('gcc', ['-O1', '-E', '-'], { input: 'int forked(int x) { return 3 * x; }\n' }).toString();
-    const ref = mkdtempSync(join(dir, 'forked-'));
-    writeFileSync(join(ref, 'forked.i'), text);
-    execFileSync('gcc', [...args, 'forked.i', '-o', 'forked.o'], { cwd: ref, env: { PATH: process.env.PATH } });
-    const expected = readFileSync(join(ref, 'forked.o'));
+    const text = execFileSync('gcc', ['-O1', '-E', '-'], { input: source }).toString();
+    const ref = mkdtempSync(join(dir, 'steps-'));
+    writeFileSync(join(ref, 'steps.i'), text);
+    execFileSync('gcc', [...args, 'steps.i', '-o', 'steps.o'], { cwd: ref, env: { PATH: process.env.PATH } });
+    const expected = readFileSync(join(ref, 'steps.o'));
+    return async () => {
+      const outcome = await compileOnce(client, header({ args, outputs: [{ kind: 'OBJECT', name: 'sub/steps.o' }] }, text.length), Buffer.from(text), { deadlineMs: 20_000 });
+      expect(outcome.result.exitCode).toBe(0);
+      expect(outcome.outputs[0].equals(expected)).toBe(true);
+    };
+  }
+
+  it('forks those steps from started copies of cc1 and as once their fork servers run: the same object', async () => {
+    const job = stepsJob('int forked(int x) { return 3 * x; }\n');
     const forkedJobs = () => worker.output().split('\n').filter((l) => l.endsWith('(cc1 piped into as, without the driver, forked)')).length;
     const before = forkedJobs();
     // The servers start with the shape's first jobs without the driver (the test above); bounded.
     for (let i = 0; i < 40 && forkedJobs() === before; i++) {
-      const outcome = await compileOnce(client, header({ args, outputs: [{ kind: 'OBJECT', name: 'sub/steps.o' }] }, text.length), Buffer.from(text), { deadlineMs: 20_000 });
-      expect(outcome.result.exitCode).toBe(0);
-      expect(outcome.outputs[0].equals(expected)).toBe(true);
+      await job();
       if (forkedJobs() === before) await new Promise((r) => setTimeout(r, 50));
     }
     expect(forkedJobs()).toBeGreaterThan(before);
@@ -163,17 +174,7 @@ describe('ferry-worker', () => {
   });
 
   it('compiles on when a fork server dies: the next jobs are exec\'d, then forked by a new server', async () => {
-    const args = ['-O1', '-Wall', '-c'];
-    const text = execFileSync('gcc', ['-O1', '-E', '-'], { input: 'int after_kill(int x) { return 5 * x; }\n' }).toString();
-    const ref = mkdtempSync(join(dir, 'killed-'));
-    writeFileSync(join(ref, 'k.i'), text);
-    execFileSync('gcc', [...args, 'k.i', '-o', 'k.o'], { cwd: ref, env: { PATH: process.env.PATH } });
-    const expected = readFileSync(join(ref, 'k.o'));
-    const job = async () => {
-      const outcome = await compileOnce(client, header({ args, outputs: [{ kind: 'OBJECT', name: 'sub/steps.o' }] }, text.length), Buffer.from(text), { deadlineMs: 20_000 });
-      expect(outcome.result.exitCode).toBe(0);
-      expect(outcome.outputs[0].equals(expected)).toBe(true);
-    };
+    const job = stepsJob('int after_kill(int x) { return 5 * x; }\n');
     // The worker's fork server of cc1: its child whose program is cc1 (the test above started it).
     const children = readFileSync(`/proc/${worker.child.pid}/task/${worker.child.pid}/children`, 'utf8').trim().split(' ').map(Number);
     const server = children.find((pid) => readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'cc1');
